@@ -1,0 +1,269 @@
+"""Tasks, datasets and answer checking: what the policy is asked and how its answer is scored.
+
+- `embedded_tasks`  the default task family, generated procedurally with exact answers: arithmetic
+                    and short word problems in graded levels, deterministic by seed, split into a
+                    training pool and a held-out set. `python train.py` learns this, offline.
+- `load_tasks`      a local JSONL / Parquet / CSV file or a hub dataset via `datasets`, with presets
+                    for DAPO-Math-17k (the paper's data), GSM8K and MATH. Rows are checked: a missing
+                    prompt or answer is an error naming the row; duplicate prompts are dropped with a
+                    warning (the value tracker keys on the prompt text).
+- `chat_prompt`     the chat template applied to a task (system prompt, Qwen3 `enable_thinking`).
+- `extract_answer`, `is_correct`, `RewardFn`: binary correctness (paper §4, footnote 1). Strip any
+                    <think>...</think>, take the last \\boxed{} (else `####`, else the last number),
+                    verify with math-verify; a reward never crashes the run: errors give 0, counted.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+
+# The paper's answer-format suffix (spec §2.3), appended to every math problem of the presets.
+BOXED_SUFFIX = "\nThe answer format must be: \\boxed{'The final answer goes here.'}"
+
+
+@dataclass(frozen=True)
+class Task:
+    prompt: str   # the user message; also the value tracker's key, so it must be unique
+    answer: str   # the gold final answer
+    level: int = 0
+
+
+# ============================================================== the embedded task family
+
+_NAMES = ["Tom", "Ana", "Sam", "Mia", "Leo", "Zoe", "Ben", "Ivy"]
+_THINGS = ["apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles"]
+
+
+def _make(level: int, rng: random.Random) -> Task:
+    """One problem of a difficulty level: 1 one-digit sums, 2 one-digit differences, 3 sums of a
+    two-digit and a one-digit number, 4 one-step word problems, 5 three one-digit addends."""
+    a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+    if level == 1:
+        q, x = f"What is {a} + {b}?", a + b
+    elif level == 2:
+        a, b = max(a, b), min(a, b)
+        q, x = f"What is {a} - {b}?", a - b
+    elif level == 3:
+        a = rng.randint(10, 49)
+        q, x = f"What is {a} + {b}?", a + b
+    elif level == 4:
+        who, what = rng.choice(_NAMES), rng.choice(_THINGS)
+        q, x = f"{who} has {a} {what} and gets {b} more. How many {what} does {who} have now?", a + b
+    elif level == 5:
+        q, x = f"What is {a} + {b} + {c}?", a + b + c
+    else:
+        raise ValueError(f"level must be 1..5, got {level}")
+    return Task(q + " Answer with just the number.", str(x), level)
+
+
+def embedded_tasks(n_train: int = 96, n_eval: int = 64, seed: int = 0,
+                   levels: tuple = (1, 1, 1, 2, 4)) -> tuple[list[Task], list[Task]]:
+    """(train pool, held-out set) of distinct problems, levels drawn uniformly from `levels`.
+
+    The default mix is weighted to what SmolLM2-135M can learn in minutes on a CPU (measured per-prompt
+    success rates are in the README); pass e.g. levels=(3, 5) for a harder pool. The two sets never
+    share a prompt, and the same seed gives the same sets.
+    """
+    rng, seen, tasks = random.Random(seed), set(), []
+    need, tries = n_train + n_eval, 0
+    while len(tasks) < need:
+        t = _make(rng.choice(levels), rng)
+        tries += 1
+        if tries > 100 * need:
+            raise ValueError(f"levels {levels} have fewer than {need} distinct problems; lower n_train/n_eval")
+        if t.prompt not in seen:
+            seen.add(t.prompt)
+            tasks.append(t)
+    return tasks[:n_train], tasks[n_train:]
+
+
+# ============================================================== datasets
+
+
+@dataclass(frozen=True)
+class Preset:
+    path: str
+    config: str | None
+    split: str
+    prompt_field: str
+    answer_field: str
+    suffix: str = BOXED_SUFFIX
+
+
+PRESETS = {
+    # the paper's training data: English DAPO-Math-17k (spec §2.1)
+    "dapo": Preset("open-r1/DAPO-Math-17k-Processed", "en", "train", "prompt", "solution"),
+    "gsm8k": Preset("openai/gsm8k", "main", "train", "question", "answer"),          # "... #### 42"
+    "math": Preset("hendrycks/competition_math", None, "train", "problem", "solution"),  # \boxed{} inside
+}
+
+
+def gold_answer(raw: str) -> str:
+    """The final answer inside a dataset's solution field: after '####' (GSM8K), the last \\boxed{}
+    (MATH), or the field itself (DAPO, plain answers)."""
+    raw = str(raw).strip()
+    if "####" in raw:
+        return raw.split("####")[-1].strip().replace(",", "")
+    boxed = last_boxed(raw)
+    return boxed if boxed is not None else raw
+
+
+def load_tasks(source: str, prompt_field: str | None = None, answer_field: str | None = None,
+               split: str | None = None, suffix: str | None = None, limit: int | None = None) -> list[Task]:
+    """Tasks from a preset name, a local .jsonl/.json/.parquet/.csv file, or a hub dataset id.
+
+    A preset fills the fields, split and answer-format suffix; explicit arguments override it.
+    Raises ValueError naming the row for a missing/empty prompt or answer and for an empty dataset;
+    warns (with the count and first row) and keeps the first copy of duplicate prompts.
+    """
+    import datasets as hf_datasets
+
+    preset = PRESETS.get(source)
+    if preset is not None:
+        ds = hf_datasets.load_dataset(preset.path, preset.config, split=split or preset.split)
+    else:
+        ext = os.path.splitext(source)[1].lower().lstrip(".")
+        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(ext)
+        if builder:
+            if not os.path.exists(source):
+                raise FileNotFoundError(f"--dataset {source}: no such file")
+            try:
+                ds = hf_datasets.load_dataset(builder, data_files=source, split="train")
+            except ValueError as e:
+                if "no data" in str(e):
+                    raise ValueError(f"{source}: the dataset is empty") from None
+                raise
+        else:
+            ds = hf_datasets.load_dataset(source, split=split or "train")
+    pf = prompt_field or (preset.prompt_field if preset else "prompt")
+    af = answer_field or (preset.answer_field if preset else "answer")
+    sfx = suffix if suffix is not None else (preset.suffix if preset else "")
+    for f, flag in ((pf, "--prompt-field"), (af, "--answer-field")):
+        if f not in ds.column_names:
+            raise ValueError(f"{source}: no column {f!r} (set {flag}); columns are {ds.column_names}")
+    if len(ds) == 0:
+        raise ValueError(f"{source}: the dataset is empty")
+    tasks, seen, dupes = [], set(), []
+    for i, row in enumerate(ds):
+        p, a = row[pf], row[af]
+        if isinstance(p, list):  # chat-formatted prompt: take the last user message
+            p = next((m["content"] for m in reversed(p) if m.get("role") == "user"), None)
+        if p is None or not str(p).strip():
+            raise ValueError(f"{source}: row {i} has no {pf!r}")
+        if a is None or not str(a).strip():
+            raise ValueError(f"{source}: row {i} has no {af!r}")
+        p = str(p).strip()
+        if sfx and not p.endswith(sfx.strip()):
+            p = p + sfx
+        if p in seen:
+            dupes.append(i)
+            continue
+        seen.add(p)
+        tasks.append(Task(p, gold_answer(a)))
+        if limit and len(tasks) >= limit:
+            break
+    if dupes:
+        warnings.warn(f"{source}: dropped {len(dupes)} duplicate prompt(s) (first at row {dupes[0]}); "
+                      "the value tracker keys on the prompt text", stacklevel=2)
+    return tasks
+
+
+def chat_prompt(tokenizer, prompt: str, system_prompt: str | None = None,
+                enable_thinking: bool | None = None) -> str:
+    """The prompt as the model sees it: chat template with the generation prompt appended.
+    `enable_thinking` is passed to templates that know it (Qwen3); None leaves the template default."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+        [{"role": "user", "content": prompt}]
+    kw = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kw)
+
+
+# ============================================================== answers and rewards
+
+_THINK = re.compile(r"<think>.*?</think>", re.S)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None if there is none."""
+    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if i < 0:
+        return None
+    j = text.find("{", i)
+    if j < 0:
+        return None
+    depth = 0
+    for k in range(j, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[k], 0)
+        if depth == 0:
+            return text[j + 1:k].strip()
+    return None  # unbalanced: the response was cut off inside the box
+
+
+def extract_answer(text: str) -> str | None:
+    """The response's final answer: after stripping <think> blocks (and anything before a lone
+    </think>), the last \\boxed{}, else the text after the last '####', else the last number."""
+    text = _THINK.sub("", text)
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1].strip()
+        return tail.split("\n")[0].strip() or None
+    nums = _NUMBER.findall(text)
+    return nums[-1].replace(",", "") if nums else None
+
+
+def _normalise(s: str) -> str:
+    s = s.strip().strip("$").replace("\\!", "").replace(" ", "").replace(",", "").rstrip(".")
+    s = re.sub(r"\\text\{(.*?)\}", r"\1", s)
+    return s.lower()
+
+
+def is_correct(pred: str | None, gold: str) -> bool:
+    """math-verify equivalence of two final answers (fractions, LaTeX, 1,000 = 1000, units); normalised
+    exact match where math-verify is not installed or cannot parse one side."""
+    if pred is None:
+        return False
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        return _normalise(pred) == _normalise(gold)
+    main = threading.current_thread() is threading.main_thread()  # its timeouts use signal.alarm
+    kw = {} if main else {"parsing_timeout": None}
+    g, p = parse("\\boxed{" + gold + "}", **kw), parse("\\boxed{" + pred + "}", **kw)
+    if not g or not p:
+        return _normalise(pred) == _normalise(gold)
+    return bool(verify(g, p, **({} if main else {"timeout_seconds": None})))
+
+
+class RewardFn:
+    """Binary outcome reward r in {0, 1}. Never raises: an exception scores 0 and is counted.
+
+    format_gate: the official code's gate (spec §2.3): a response without exactly one </think>
+    scores 0 (for thinking models).
+    """
+
+    def __init__(self, format_gate: bool = False):
+        self.format_gate = format_gate
+        self.errors = 0      # exceptions scored as 0 (math-verify's own timeouts score 0 inside it)
+        self.no_answer = 0   # responses with no extractable answer
+
+    def __call__(self, text: str, gold: str) -> float:
+        try:
+            if self.format_gate and text.count("</think>") != 1:
+                return 0.0
+            pred = extract_answer(text)
+            if pred is None:
+                self.no_answer += 1
+                return 0.0
+            return float(is_correct(pred, gold))
+        except Exception:  # noqa: BLE001 - a reward must never stop training
+            self.errors += 1
+            return 0.0

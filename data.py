@@ -267,3 +267,30 @@ class RewardFn:
         except Exception:  # noqa: BLE001 - a reward must never stop training
             self.errors += 1
             return 0.0
+
+
+# ============================================================== evaluation metrics (paper App. D)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021) from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    if not 0 < k <= n:
+        raise ValueError(f"pass@k needs 0 < k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):   # C(n-c, k) / C(n, k) as a product, no big factorials
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def majority_correct(answers: list, rewards: list) -> float:
+    """maj@k for one problem: the reward of the most frequent extracted answer (ties: first seen)."""
+    counts = {}
+    for a, r in zip(answers, rewards):
+        if a is not None:
+            n, _ = counts.get(a, (0, r))
+            counts[a] = (n + 1, r)
+    if not counts:
+        return 0.0
+    return max(counts.values(), key=lambda nr: nr[0])[1]

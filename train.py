@@ -1,0 +1,562 @@
+"""Train a policy with SPO (or GRPO, for comparison): one file, one step readable top to bottom.
+
+    python train.py                                   # embedded SmolLM2-135M + arithmetic, CPU, minutes
+    python train.py --algo grpo --group-size 4        # the group baseline, everything else identical
+    python train.py --model Qwen/Qwen3-8B --dataset dapo --load-in-4bit --engine vllm ...   (see README)
+    python train.py --resume runs/spo                 # continue exactly where a run stopped
+    python train.py --eval-only runs/spo/adapter      # held-out avg@k / pass@k / maj@k of a saved adapter
+
+One SPO step (paper Alg. 1, in the order of the official code):
+  1. draw B prompts with weights sqrt(v(1-v)) + eps from the tracker       (Eq. 11)   sampler.py
+  2. generate ONE response per prompt                                                 rollout.py
+  3. reward; A = r - v_hat_{-1}, normalised over the batch                  (Eq. 8-9)  spo.py
+  4. old log-probs, PPO-clip mini-batch updates                              (Eq. 10)   spo.py
+  5. drift D per prompt on its stored previous response, rho, tracker update (Eq. 5)    tracker.py
+  6. adapter to the engine; metrics; checkpoint when due
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data import RewardFn, chat_prompt, embedded_tasks, extract_answer, load_tasks, majority_correct, pass_at_k
+from rollout import EMBEDDED_MODEL, LoraArgs, check_sync, load_policy, make_engine, sequence_logprobs
+from sampler import PrioritizedSampler, priority_weights
+from spo import degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages
+from tracker import ValueTracker
+
+
+@dataclass
+class Config:
+    # --- model and data
+    model: str = EMBEDDED_MODEL
+    """hub id or local folder of the policy; default: the embedded SmolLM2-135M-Instruct (offline)"""
+    dataset: str = "embedded"
+    """'embedded' (procedural arithmetic), a preset (dapo, gsm8k, math), a .jsonl/.parquet/.csv file, or a hub id"""
+    prompt_field: str | None = None
+    """dataset column holding the problem (default: the preset's, else 'prompt')"""
+    answer_field: str | None = None
+    """dataset column holding the answer or solution (default: the preset's, else 'answer')"""
+    eval_dataset: str | None = None
+    """held-out set for other datasets (same field names); embedded: a disjoint generated set"""
+    n_train: int = 96
+    """embedded: training pool size (prompts must recur for a per-prompt tracker)"""
+    n_eval: int = 64
+    """embedded: held-out problems; other datasets: cap on eval problems"""
+    system_prompt: str | None = None
+    """system message for the chat template (None: the template's default)"""
+    enable_thinking: bool | None = None
+    """Qwen3 chat templates: thinking on/off (None: template default)"""
+    # --- algorithm
+    algo: str = "spo"
+    """'spo' (one response per prompt, tracker baseline) or 'grpo' (group_size responses, group baseline)"""
+    batch_size: int = 16
+    """responses per step (SPO: prompts per step; GRPO: batch_size / group_size prompts x group_size)"""
+    group_size: int = 4
+    """GRPO: responses per prompt"""
+    num_minibatches: int = 2
+    """optimizer steps per epoch over the batch (the paper: 8 updates per rollout step)"""
+    ppo_epochs: int = 1
+    """passes over each batch"""
+    epsilon: float = 0.2
+    """lower clip range, ratio >= 1 - epsilon (Eq. 10)"""
+    epsilon_high: float = 0.28
+    """upper clip range, ratio <= 1 + epsilon_high (Clip-Higher)"""
+    dual_clip: float | None = 10.0
+    """dual-clip constant for negative advantages (verl clip_ratio_c); None disables"""
+    loss_variant: str = "ppo"
+    """'ppo', 'gspo' or 'sapo' (spo.policy_loss)"""
+    offline_samples: int = 8
+    """n0 samples per prompt with the initial policy to initialise the tracker (Eq. 6); 0 = start from the prior"""
+    offline_values: str | None = None
+    """JSON {prompt: [rewards]} from an earlier --offline-samples run (official format); skips sampling"""
+    rho_min: float = 0.875
+    """tracker forgetting factor lower bound (window 8)"""
+    rho_max: float = 0.96
+    """tracker forgetting factor upper bound (window 25)"""
+    d_half: float = 0.06
+    """drift half-life D_half of the forgetting factor (official code's constant)"""
+    sampling_epsilon: float = 0.05
+    """exploration floor of the prompt weights (Eq. 11)"""
+    uniform_sampling: bool = False
+    """ablation: draw SPO prompts uniformly instead of by Eq. 11"""
+    no_baseline: bool = False
+    """ablation: A = r (v_hat = 0), still batch-normalised"""
+    # --- generation
+    engine: str = "auto"
+    """'hf', 'vllm', or 'auto' (vLLM on CUDA when installed, HF on the CPU where it is faster with LoRA)"""
+    temperature: float = 1.0
+    """training sampling temperature (top-p 1, top-k off)"""
+    max_prompt_length: int = 256
+    """longer prompts are dropped at load, counted and reported"""
+    max_completion_length: int = 48
+    """new tokens per response"""
+    gpu_memory_utilization: float = 0.3
+    """vLLM's share of GPU memory (CUDA)"""
+    sync_check_every: int = 10
+    """compare engine and trainer log-probs every N steps (and after the first swap); 0 = never"""
+    # --- optimisation
+    learning_rate: float = 2e-4
+    """AdamW learning rate (LoRA needs ~100x the paper's full-parameter 1e-6)"""
+    weight_decay: float = 0.01
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping"""
+    lora_r: int = 16
+    """LoRA rank"""
+    lora_alpha: int = 32
+    """LoRA alpha"""
+    lora_dropout: float = 0.0
+    """LoRA dropout"""
+    load_in_4bit: bool = False
+    """QLoRA: NF4 4-bit base (bitsandbytes)"""
+    micro_batch_size: int = 8
+    """sequences per forward/backward (gradient accumulation inside a mini-batch)"""
+    steps: int = 40
+    """training steps"""
+    seed: int = 0
+    """seed for data, sampler and generation"""
+    # --- evaluation, logging, checkpoints
+    eval_every: int = 10
+    """held-out evaluation every N steps (and at start and end); 0 = only start and end"""
+    eval_k: int = 1
+    """samples per held-out problem (avg@k, pass@k, maj@k)"""
+    eval_temperature: float = 0.0
+    """0 = greedy; the paper evaluates at 0.6 with k = 32"""
+    output_dir: str = "runs/spo"
+    """where metrics.jsonl, checkpoints, the adapter and the plot go"""
+    save_every: int = 10
+    """checkpoint every N steps (and at the end and on SIGINT/SIGTERM)"""
+    resume: str | None = None
+    """continue the run saved in this output directory"""
+    eval_only: str | None = None
+    """evaluate this adapter folder on the held-out set and exit"""
+    max_bad_steps: int = 3
+    """stop after this many consecutive non-finite losses"""
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(cfg: Config) -> None:
+    """Impossible settings fail here, before any model loads, naming the flag."""
+    def need(ok, msg):
+        if not ok:
+            raise ConfigError(msg)
+    need(cfg.algo in ("spo", "grpo"), f"--algo must be spo or grpo, got {cfg.algo!r}")
+    need(cfg.loss_variant in ("ppo", "gspo", "sapo"), f"--loss-variant must be ppo, gspo or sapo, got {cfg.loss_variant!r}")
+    need(cfg.engine in ("auto", "hf", "vllm"), f"--engine must be auto, hf or vllm, got {cfg.engine!r}")
+    need(cfg.batch_size > 0 and cfg.steps >= 0, "--batch-size must be > 0 and --steps >= 0")
+    if cfg.algo == "grpo":
+        need(cfg.group_size >= 2 and cfg.batch_size % cfg.group_size == 0,
+             f"--group-size {cfg.group_size} must be >= 2 and divide --batch-size {cfg.batch_size}")
+    need(cfg.batch_size % cfg.num_minibatches == 0,
+         f"--num-minibatches {cfg.num_minibatches} must divide --batch-size {cfg.batch_size}")
+    prompts = cfg.batch_size // (cfg.group_size if cfg.algo == "grpo" else 1)
+    if cfg.dataset == "embedded":
+        need(prompts <= cfg.n_train, f"--batch-size {cfg.batch_size} needs {prompts} distinct prompts a step "
+             f"but the pool has --n-train {cfg.n_train}")
+    need(0 < cfg.rho_min <= cfg.rho_max < 1, "need 0 < --rho-min <= --rho-max < 1")
+    need(cfg.offline_samples >= 0 and cfg.eval_k >= 1, "--offline-samples must be >= 0 and --eval-k >= 1")
+    for flag in ("offline_values", "resume", "eval_only"):
+        path = getattr(cfg, flag)
+        need(path is None or os.path.exists(path), f"--{flag.replace('_', '-')} {path}: no such file or folder")
+
+
+# ============================================================== setup helpers
+
+
+def load_data(cfg: Config, tok):
+    """(train tasks, eval tasks, chat-formatted prompt per task), over-long prompts dropped and counted."""
+    if cfg.dataset == "embedded":
+        train, held = embedded_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
+    else:
+        train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)
+        held = load_tasks(cfg.eval_dataset, cfg.prompt_field, cfg.answer_field, limit=cfg.n_eval) \
+            if cfg.eval_dataset else []
+    fmt = {}
+    for t in train + held:
+        fmt[t.prompt] = chat_prompt(tok, t.prompt, cfg.system_prompt, cfg.enable_thinking)
+    too_long = {p for p, s in fmt.items() if len(tok(s, add_special_tokens=False)["input_ids"]) > cfg.max_prompt_length}
+    if too_long:
+        print(f"dropped {len(too_long)} prompt(s) longer than --max-prompt-length {cfg.max_prompt_length} tokens")
+        train = [t for t in train if t.prompt not in too_long]
+        held = [t for t in held if t.prompt not in too_long]
+    prompts = cfg.batch_size // (cfg.group_size if cfg.algo == "grpo" else 1)
+    if len(train) < prompts:
+        raise ConfigError(f"{len(train)} training prompts, fewer than the {prompts} a step needs (--batch-size)")
+    return train, held, fmt
+
+
+def offline_init(cfg: Config, tracker: ValueTracker, engine, train, fmt, reward_fn) -> None:
+    """Eq. 6: n0 samples per prompt with the initial policy, or a saved file of them."""
+    if cfg.offline_values:
+        with open(cfg.offline_values) as f:
+            table = json.load(f)
+        keys = [t.prompt for t in train if t.prompt in table]
+        missing = len(train) - len(keys)
+        if not keys:
+            raise ConfigError(f"--offline-values {cfg.offline_values}: none of its {len(table)} prompts is a "
+                              "training prompt (keys must equal the prompt text exactly, suffix included)")
+        if missing:
+            print(f"warning: {missing} of {len(train)} training prompts have no offline value "
+                  f"(e.g. {next(t.prompt for t in train if t.prompt not in table)!r}); they start from the prior")
+        tracker.init_from_offline(keys, [table[k] for k in keys])
+        return
+    if cfg.offline_samples == 0:
+        return
+    n0, table = cfg.offline_samples, {}
+    chunk = max(1, 256 // n0)
+    t0 = time.time()
+    for s in range(0, len(train), chunk):
+        part = train[s:s + chunk]
+        out = engine.generate([fmt[t.prompt] for t in part for _ in range(n0)], cfg.max_completion_length,
+                              cfg.temperature, seed=cfg.seed * 7919 + s)
+        for j, t in enumerate(part):
+            table[t.prompt] = [reward_fn(o.text, t.answer) for o in out[j * n0:(j + 1) * n0]]
+        done = min(s + chunk, len(train))
+        eta = (time.time() - t0) / done * (len(train) - done)
+        print(f"offline init: {done}/{len(train)} prompts x {n0} samples, ETA {eta:.0f} s", flush=True)
+    path = os.path.join(cfg.output_dir, "offline_values.json")
+    with open(path, "w") as f:
+        json.dump(table, f)
+    rates = np.array([np.mean(v) for v in table.values()])
+    print(f"offline values -> {path} (reuse with --offline-values): mean success {rates.mean():.3f}, "
+          f"{np.mean((rates > 0) & (rates < 1)):.0%} of prompts strictly between 0 and 1")
+    tracker.init_from_offline(list(table), list(table.values()))
+
+
+def evaluate(cfg: Config, engine, held, fmt) -> dict:
+    """Held-out avg@k, pass@k (unbiased) and maj@k (paper App. D)."""
+    if not held:
+        return {}
+    k, rf = cfg.eval_k, RewardFn()
+    out = engine.generate([fmt[t.prompt] for t in held for _ in range(k)], cfg.max_completion_length,
+                          cfg.eval_temperature, seed=10_007)
+    avg = pas = maj = 0.0
+    for j, t in enumerate(held):
+        texts = [o.text for o in out[j * k:(j + 1) * k]]
+        r = [rf(x, t.answer) for x in texts]
+        avg += np.mean(r)
+        pas += pass_at_k(k, int(sum(r)), k)
+        maj += majority_correct([extract_answer(x) for x in texts], r)
+    n = len(held)
+    return {f"eval/avg@{k}": avg / n, f"eval/pass@{k}": pas / n, f"eval/maj@{k}": maj / n}
+
+
+# ============================================================== checkpoints
+
+
+def save_checkpoint(cfg, step, model, opt, tracker, sampler, stored, history) -> None:
+    """Atomically: write everything to ckpt.tmp, then swap it in with renames."""
+    final, tmp, old = (os.path.join(cfg.output_dir, n) for n in ("ckpt", "ckpt.tmp", "ckpt.old"))
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(os.path.join(tmp, "adapter"))
+    torch.save({"step": step, "optimizer": opt.state_dict(), "tracker": tracker.state_dict(),
+                "sampler": sampler.state_dict(), "stored": stored, "history": history,
+                "config": dataclasses.asdict(cfg)}, os.path.join(tmp, "state.pt"))
+    if os.path.exists(final):
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: str):
+    for name in ("ckpt", "ckpt.old"):          # ckpt.old survives a kill between the two renames
+        path = os.path.join(run_dir, name)
+        if os.path.exists(os.path.join(path, "state.pt")):
+            return path, torch.load(os.path.join(path, "state.pt"), weights_only=False)
+    raise ConfigError(f"--resume {run_dir}: no checkpoint in it (expected {run_dir}/ckpt/state.pt)")
+
+
+# ============================================================== the training loop
+
+
+def train(cfg: Config) -> dict:
+    validate(cfg)
+    torch.manual_seed(cfg.seed)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(min(os.cpu_count() or 1, 8))
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    state = None
+    if cfg.resume:
+        ckpt_dir, state = load_checkpoint(cfg.resume)
+    model, tok, path = load_policy(cfg.model, LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
+                                   cfg.load_in_4bit)
+    if state is not None or cfg.eval_only:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        adapter = os.path.join(ckpt_dir, "adapter") if state is not None else cfg.eval_only
+        set_peft_model_state_dict(model, load_file(os.path.join(adapter, "adapter_model.safetensors")))
+    train_tasks, held, fmt = load_data(cfg, tok)
+    engine = make_engine(cfg.engine, model, tok, path, max_prompt_length=cfg.max_prompt_length,
+                         max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed,
+                         gpu_memory_utilization=cfg.gpu_memory_utilization)
+    if cfg.eval_only:
+        res = evaluate(cfg, engine, held, fmt)
+        print(json.dumps(res))
+        return res
+    with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    print("config:", json.dumps(dataclasses.asdict(cfg)))
+
+    reward_fn = RewardFn()
+    keys = [t.prompt for t in train_tasks]
+    tracker = ValueTracker(cfg.rho_min, cfg.rho_max, cfg.d_half)
+    sampler = PrioritizedSampler(cfg.seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                            weight_decay=cfg.weight_decay)
+    stored = {}            # prompt -> (prompt_ids, completion_ids, log-probs after the update at its last visit)
+    history, start = [], 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        tracker.load_state_dict(state["tracker"])
+        sampler.load_state_dict(state["sampler"])
+        stored, history, start = state["stored"], state["history"], state["step"]
+        print(f"resumed from {ckpt_dir} at step {start}")
+    elif cfg.algo == "spo":
+        offline_init(cfg, tracker, engine, train_tasks, fmt, reward_fn)
+    log = Logger(cfg, start)
+    if start == 0:
+        log.eval(0, evaluate(cfg, engine, held, fmt))
+
+    stop = {"signal": None}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _f: stop.update(signal=signal.Signals(s).name))
+    bad_steps = 0
+    pad = tok.pad_token_id
+    for step in range(start + 1, cfg.steps + 1):
+        t_step = time.time()
+        m = {"step": step}
+        # ---- 1. prompts: Eq. 11 weights from the tracker (SPO) or uniform (GRPO)
+        if cfg.algo == "spo" and not cfg.uniform_sampling:
+            idx = sampler.sample(priority_weights(tracker.value(keys), cfg.sampling_epsilon), cfg.batch_size)
+        elif cfg.algo == "spo":
+            idx = sampler.uniform(len(keys), cfg.batch_size)
+        else:
+            idx = np.repeat(sampler.uniform(len(keys), cfg.batch_size // cfg.group_size), cfg.group_size)
+        batch = [train_tasks[i] for i in idx]
+        bkeys = [t.prompt for t in batch]
+        # ---- 2. generate one response per prompt (GRPO: each prompt group_size times)
+        t0 = time.time()
+        samples = engine.generate([fmt[k] for k in bkeys], cfg.max_completion_length, cfg.temperature,
+                                  seed=cfg.seed * 1_000_003 + step * 10_007)
+        m["time/generate"] = time.time() - t0
+        # ---- 3. rewards and advantages
+        rewards = np.array([reward_fn(s.text, t.answer) for s, t in zip(samples, batch)])
+        v_prev = tracker.value(bkeys)                                        # v_hat_{-1}: before this reward
+        if cfg.algo == "spo":
+            base = np.zeros_like(v_prev) if cfg.no_baseline else v_prev
+            adv = spo_advantages(rewards, base)                             # Eq. 8-9
+            raw = rewards - base
+        else:
+            adv = grpo_advantages(rewards, cfg.group_size)
+            raw = rewards - rewards.reshape(-1, cfg.group_size).mean(1).repeat(cfg.group_size)
+            m["grpo/degenerate_share"] = degenerate_share(rewards, cfg.group_size)
+        # ---- 4. old log-probs, then PPO-clip mini-batch updates (Eq. 10)
+        t0 = time.time()
+        p_ids, c_ids = [s.prompt_ids for s in samples], [s.completion_ids for s in samples]
+        model.train()
+        with torch.no_grad():
+            old_logp, mask = sequence_logprobs(model, p_ids, c_ids, pad, cfg.temperature, cfg.micro_batch_size)
+        stats, skipped = [], 0
+        mb = cfg.batch_size // cfg.num_minibatches
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(cfg.batch_size, generator=torch.Generator().manual_seed(step))
+            for s in range(0, cfg.batch_size, mb):
+                rows = perm[s:s + mb]
+                norm = (mask[rows].sum() if cfg.loss_variant != "gspo" else float(len(rows)))
+                total = 0.0
+                for u in range(0, len(rows), cfg.micro_batch_size):
+                    r = rows[u:u + cfg.micro_batch_size].tolist()
+                    logp, mk = sequence_logprobs(model, [p_ids[i] for i in r], [c_ids[i] for i in r], pad,
+                                                 cfg.temperature, cfg.micro_batch_size)
+                    loss, st = policy_loss(logp, old_logp[r, :logp.shape[1]], adv[r], mk, cfg.epsilon,
+                                           cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant, normalizer=norm)
+                    loss.backward()
+                    total += loss.item()
+                    stats.append(st)
+                if not math.isfinite(total):
+                    opt.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
+                m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                m["loss"] = total
+        m["time/train"] = time.time() - t0
+        m["nonfinite_loss_updates"] = skipped
+        bad_steps = bad_steps + 1 if skipped else 0
+        if bad_steps >= cfg.max_bad_steps:
+            log.close()
+            raise RuntimeError(f"stopping: {bad_steps} consecutive steps with a non-finite loss (step {step}); "
+                               f"the last checkpoint is in {cfg.output_dir}/ckpt")
+        # ---- 5. drift on each prompt's stored previous response, then the tracker (Eq. 5)
+        t0 = time.time()
+        if cfg.algo == "spo":
+            prev = [stored.get(k) for k in bkeys]
+            seen = [i for i, p in enumerate(prev) if p is not None]
+            with torch.no_grad():                       # one pass: stored responses + this step's
+                both_p = [prev[i][0] for i in seen] + p_ids
+                both_c = [prev[i][1] for i in seen] + c_ids
+                now, nmask = sequence_logprobs(model, both_p, both_c, pad, cfg.temperature, cfg.micro_batch_size)
+            drift = np.zeros(len(bkeys))
+            if seen:
+                then = torch.zeros(len(seen), now.shape[1])
+                for j, i in enumerate(seen):
+                    then[j, :len(prev[i][2])] = torch.tensor(prev[i][2])
+                drift[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).numpy()
+            for j, k in enumerate(bkeys):               # store for the next visit
+                n = len(c_ids[j])
+                stored[k] = (p_ids[j], c_ids[j], now[len(seen) + j, :n].tolist())
+            rho = tracker.update(bkeys, rewards, drift)
+            m.update({"spo/rho_mean": float(rho.mean()), "spo/rho_min": float(rho.min()),
+                      "spo/rho_max": float(rho.max()), "spo/drift_mean": float(drift[seen].mean()) if seen else 0.0,
+                      "spo/first_visit_share": 1 - len(seen) / len(bkeys),
+                      "spo/n_eff_mean": float(tracker.effective_size(bkeys).mean())})
+        m["time/tracker"] = time.time() - t0
+        # ---- 6. adapter to the engine, sync self-test, metrics, checkpoint
+        engine.load_adapter(model)
+        if cfg.sync_check_every and engine.name != "hf" and (step == start + 1 or step % cfg.sync_check_every == 0):
+            again = engine.generate([fmt[k] for k in bkeys[:4]], cfg.max_completion_length, cfg.temperature, seed=step)
+            m.update({f"sync/{k}": v for k, v in check_sync(model, again, pad, cfg.temperature).items()})
+        lens = np.array([len(c) for c in c_ids])
+        norm_adv = adv.numpy()
+        m.update({
+            "reward": float(rewards.mean()),
+            "adv/raw_var": float(np.var(raw)),
+            "adv/noBaseline_var": float(np.var(rewards)),
+            "adv/near_zero_0.02": float(np.mean(np.abs(norm_adv) < 0.02)),
+            "adv/near_zero_1e-4": float(np.mean(np.abs(norm_adv) < 1e-4)),
+            "tracker/brier": float(np.mean((v_prev - rewards) ** 2)) if cfg.algo == "spo" else float("nan"),
+            "response_length": float(lens.mean()),
+            "truncation_rate": float(np.mean([s.finish_reason == "length" for s in samples])),
+            "tokens_per_s": float(lens.sum() / max(m["time/generate"], 1e-9)),
+            "reward_errors": reward_fn.errors,
+        })
+        for name in ("clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"):
+            vals = [s[name] for s in stats if name in s]
+            if vals:
+                m[f"loss/{name}"] = float(np.mean(vals))
+        m["time/step"] = time.time() - t_step
+        history.append(m)
+        log.step(m, samples[0].text, rewards[0], batch[0])
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            log.eval(step, evaluate(cfg, engine, held, fmt))
+        if (cfg.save_every and step % cfg.save_every == 0) or stop["signal"]:
+            save_checkpoint(cfg, step, model, opt, tracker, sampler, stored, history)
+        if stop["signal"]:
+            log.close()
+            print(f"{stop['signal']}: saved a checkpoint at step {step}; continue with --resume {cfg.output_dir}")
+            return {"stopped": stop["signal"], "step": step}
+
+    final = evaluate(cfg, engine, held, fmt)
+    log.eval(cfg.steps, final)
+    save_checkpoint(cfg, cfg.steps, model, opt, tracker, sampler, stored, history)
+    model.save_pretrained(os.path.join(cfg.output_dir, "adapter"))
+    log.close()
+    plot(cfg.output_dir, history, log.evals)
+    first = log.evals[0][1] if log.evals else {}
+    for k in final:
+        print(f"held-out {k}: {first.get(k, float('nan')):.3f} -> {final[k]:.3f}")
+    print(f"adapter: {cfg.output_dir}/adapter   curves: {cfg.output_dir}/curves.png")
+    return {"first_eval": first, "final_eval": final, "history": history}
+
+
+# ============================================================== logging
+
+
+class Logger:
+    """metrics.jsonl always; a rich live dashboard on a terminal, plain lines otherwise."""
+
+    def __init__(self, cfg: Config, start: int):
+        self.cfg, self.evals = cfg, []
+        self.file = open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a")
+        self.live = None
+        if sys.stdout.isatty():
+            from rich.live import Live
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            self.progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                                     TimeRemainingColumn())
+            self.task = self.progress.add_task("train", total=cfg.steps, completed=start)
+            self.live = Live(self.progress, refresh_per_second=4)
+            self.live.start()
+
+    def step(self, m: dict, text: str, reward: float, task) -> None:
+        self.file.write(json.dumps(m) + "\n")
+        self.file.flush()
+        line = (f"step {m['step']:>4}  reward {m['reward']:.3f}  loss {m.get('loss', float('nan')):+.4f}  "
+                f"rho {m.get('spo/rho_mean', float('nan')):.3f}  brier {m['tracker/brier']:.3f}  "
+                f"len {m['response_length']:.0f}  {m['tokens_per_s']:.0f} tok/s  {m['time/step']:.1f} s")
+        if self.live is None:
+            print(line, flush=True)
+            return
+        from rich.console import Group
+        from rich.panel import Panel
+        self.progress.update(self.task, completed=m["step"])
+        ev = "  ".join(f"{k} {v:.3f}" for k, v in (self.evals[-1][1].items() if self.evals else []))
+        sample = Panel(f"[bold]{task.prompt}[/] (answer {task.answer}) -> reward {reward:.0f}\n{text[:300]}",
+                       title="sample")
+        self.live.update(Group(self.progress, line, ev, sample))
+
+    def eval(self, step: int, res: dict) -> None:
+        if not res:
+            return
+        self.evals.append((step, res))
+        self.file.write(json.dumps({"step": step, **res}) + "\n")
+        self.file.flush()
+        print(f"eval @ step {step}: " + "  ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+        self.file.close()
+
+
+def plot(out_dir: str, history: list, evals: list) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
+    steps = [m["step"] for m in history]
+    ax[0].plot(steps, [m["reward"] for m in history], label="train reward")
+    for k in (evals[0][1] if evals else {}):
+        ax[0].plot([s for s, _ in evals], [e[k] for _, e in evals], "o-", label=k)
+    ax[0].set_title("reward / held-out accuracy")
+    ax[0].legend()
+    ax[1].plot(steps, [m["adv/raw_var"] for m in history], label="advantage variance")
+    ax[1].plot(steps, [m["adv/noBaseline_var"] for m in history], label="no-baseline variance")
+    ax[1].set_title("unnormalised advantage variance")
+    ax[1].legend()
+    ax[2].plot(steps, [m["tracker/brier"] for m in history])
+    ax[2].set_title("tracker Brier score (v_hat_-1 vs r)")
+    for a in ax:
+        a.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "curves.png"), dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    import tyro
+    cfg = tyro.cli(Config, args=argv, description=__doc__.split("\n")[0])
+    try:
+        train(cfg)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -99,6 +99,8 @@ PRESETS = {
     "dapo": Preset("open-r1/DAPO-Math-17k-Processed", "en", "train", "prompt", "solution"),
     "gsm8k": Preset("openai/gsm8k", "main", "train", "question", "answer"),          # "... #### 42"
     "math": Preset("hendrycks/competition_math", None, "train", "problem", "solution"),  # \boxed{} inside
+    "aime24": Preset("Maxwell-Jia/AIME_2024", None, "train", "Problem", "Answer"),  # the paper's eval sets
+    "aime25": Preset("yentinglin/aime_2025", None, "train", "problem", "answer"),
 }
 
 

@@ -37,6 +37,8 @@ from tracker import ValueTracker
 
 @dataclass
 class Config:
+    profile: str = "auto"
+    """'cpu' (the defaults below), 'paper' (PAPER_PROFILE), or 'auto': paper for any --model but the embedded one"""
     # --- model and data
     model: str = EMBEDDED_MODEL
     """hub id or local folder of the policy; default: the embedded SmolLM2-135M-Instruct (offline)"""
@@ -48,14 +50,16 @@ class Config:
     """dataset column holding the answer or solution (default: the preset's, else 'answer')"""
     eval_dataset: str | None = None
     """held-out set for other datasets (same field names); embedded: a disjoint generated set"""
-    n_train: int = 96
+    n_train: int = 64
     """embedded: training pool size (prompts must recur for a per-prompt tracker)"""
-    n_eval: int = 64
+    n_eval: int = 32
     """embedded: held-out problems; other datasets: cap on eval problems"""
     system_prompt: str | None = None
     """system message for the chat template (None: the template's default)"""
     enable_thinking: bool | None = None
     """Qwen3 chat templates: thinking on/off (None: template default)"""
+    format_gate: bool = False
+    """the official reward gate: 0 unless the response has exactly one </think> (thinking models)"""
     # --- algorithm
     algo: str = "spo"
     """'spo' (one response per prompt, tracker baseline) or 'grpo' (group_size responses, group baseline)"""
@@ -75,8 +79,8 @@ class Config:
     """dual-clip constant for negative advantages (verl clip_ratio_c); None disables"""
     loss_variant: str = "ppo"
     """'ppo', 'gspo' or 'sapo' (spo.policy_loss)"""
-    offline_samples: int = 8
-    """n0 samples per prompt with the initial policy to initialise the tracker (Eq. 6); 0 = start from the prior"""
+    offline_samples: int = 4
+    """n0 samples per prompt with the initial policy to initialise the tracker (Eq. 6; the paper: 8); 0 = prior"""
     offline_values: str | None = None
     """JSON {prompt: [rewards]} from an earlier --offline-samples run (official format); skips sampling"""
     rho_min: float = 0.875
@@ -98,7 +102,7 @@ class Config:
     """training sampling temperature (top-p 1, top-k off)"""
     max_prompt_length: int = 256
     """longer prompts are dropped at load, counted and reported"""
-    max_completion_length: int = 48
+    max_completion_length: int = 24
     """new tokens per response"""
     gpu_memory_utilization: float = 0.3
     """vLLM's share of GPU memory (CUDA)"""
@@ -121,17 +125,17 @@ class Config:
     """QLoRA: NF4 4-bit base (bitsandbytes)"""
     micro_batch_size: int = 8
     """sequences per forward/backward (gradient accumulation inside a mini-batch)"""
-    steps: int = 40
+    steps: int = 20
     """training steps"""
     seed: int = 0
     """seed for data, sampler and generation"""
     # --- evaluation, logging, checkpoints
     eval_every: int = 10
     """held-out evaluation every N steps (and at start and end); 0 = only start and end"""
-    eval_k: int = 1
+    eval_k: int = 4
     """samples per held-out problem (avg@k, pass@k, maj@k)"""
-    eval_temperature: float = 0.0
-    """0 = greedy; the paper evaluates at 0.6 with k = 32"""
+    eval_temperature: float = 1.0
+    """sampling temperature of the held-out evaluation, 0 = greedy (the paper: 0.6 with k = 32)"""
     output_dir: str = "runs/spo"
     """where metrics.jsonl, checkpoints, the adapter and the plot go"""
     save_every: int = 10
@@ -142,6 +146,31 @@ class Config:
     """evaluate this adapter folder on the held-out set and exit"""
     max_bad_steps: int = 3
     """stop after this many consecutive non-finite losses"""
+
+
+# `python train.py --model Qwen/Qwen3-8B` on a GPU: the paper's run (spec §2.1) on one GPU with QLoRA.
+# Applied by the CLI to every field not given on the command line; the resolved config is printed and saved.
+PAPER_PROFILE = dict(
+    dataset="dapo", eval_dataset="aime24", load_in_4bit=True, engine="vllm", enable_thinking=True, format_gate=True,
+    batch_size=256, num_minibatches=4,          # the paper's ablation setting (App. E): 256 pairs, 4 updates
+    max_prompt_length=2048, max_completion_length=8192,    # the released script's lengths
+    offline_samples=8, temperature=1.0, epsilon=0.2, epsilon_high=0.28,
+    learning_rate=1e-5,                         # paper: 1e-6 full fine-tuning; LoRA needs ~10x more
+    lora_r=32, lora_alpha=64, micro_batch_size=1, steps=500,
+    eval_every=10, eval_k=16, eval_temperature=0.6, n_eval=30, save_every=10,
+    gpu_memory_utilization=0.35,
+)
+
+
+def apply_profile(cfg: Config, argv: list) -> Config:
+    """Fill PAPER_PROFILE into the fields the command line did not set, when the profile says so."""
+    profile = cfg.profile if cfg.profile != "auto" else ("cpu" if cfg.model == EMBEDDED_MODEL else "paper")
+    if profile not in ("cpu", "paper"):
+        raise ConfigError(f"--profile must be auto, cpu or paper, got {cfg.profile!r}")
+    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    if profile == "paper":
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in PAPER_PROFILE.items() if k not in given})
+    return dataclasses.replace(cfg, profile=profile)
 
 
 class ConfigError(ValueError):
@@ -311,7 +340,7 @@ def train(cfg: Config) -> dict:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
     print("config:", json.dumps(dataclasses.asdict(cfg)))
 
-    reward_fn = RewardFn()
+    reward_fn = RewardFn(cfg.format_gate)
     keys = [t.prompt for t in train_tasks]
     tracker = ValueTracker(cfg.rho_min, cfg.rho_max, cfg.d_half)
     sampler = PrioritizedSampler(cfg.seed)
@@ -551,9 +580,10 @@ def plot(out_dir: str, history: list, evals: list) -> None:
 
 def main(argv=None) -> None:
     import tyro
+    argv = sys.argv[1:] if argv is None else argv
     cfg = tyro.cli(Config, args=argv, description=__doc__.split("\n")[0])
     try:
-        train(cfg)
+        train(apply_profile(cfg, argv))
     except ConfigError as e:
         sys.exit(f"error: {e}")
 

@@ -1,13 +1,12 @@
 """train.py end to end on the real SmolLM2-135M with tiny sizes: both algorithms, resume, signals, bad flags."""
+import dataclasses
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 import torch
 import tyro
@@ -16,7 +15,7 @@ import train as T
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(batch_size=4, n_train=8, n_eval=4, offline_samples=2, max_completion_length=8, micro_batch_size=4,
-            eval_every=0, engine="hf")
+            eval_every=0, eval_k=1, engine="hf")
 
 
 def _metrics(run):
@@ -32,7 +31,7 @@ def _cli(*args, **kw):
 def test_bad_flags_fail_before_any_model_loads(tmp_path):
     r = _cli("--no-such-flag", "1")
     assert r.returncode != 0 and "--no-such-flag" in r.stderr
-    for args, msg in [(["--batch-size", "200"], "--batch-size 200 needs 200 distinct prompts.*--n-train 96"),
+    for args, msg in [(["--batch-size", "200"], "--batch-size 200 needs 200 distinct prompts.*--n-train 64"),
                       (["--algo", "grpo", "--group-size", "3"], "--group-size 3 must be >= 2 and divide --batch-size 16"),
                       (["--algo", "ppo"], "--algo must be spo or grpo"),
                       (["--num-minibatches", "3"], "--num-minibatches 3 must divide"),
@@ -106,3 +105,15 @@ def test_sigterm_saves_and_resume_works(tmp_path):
     r = _cli(*args[:1], str(st["step"] + 1), *args[2:], "--resume", run)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"resumed from {run}/ckpt at step {st['step']}" in r.stdout
+
+
+def test_paper_profile_fills_only_what_the_command_line_left_open():
+    argv = ["--model", "Qwen/Qwen3-8B", "--batch-size", "64", "--learning_rate", "3e-6"]
+    cfg = T.apply_profile(tyro.cli(T.Config, args=argv), argv)
+    assert cfg.profile == "paper" and cfg.dataset == "dapo" and cfg.load_in_4bit and cfg.engine == "vllm"
+    assert cfg.batch_size == 64 and cfg.learning_rate == 3e-6            # given flags win
+    assert (cfg.epsilon, cfg.epsilon_high, cfg.max_completion_length, cfg.offline_samples) == (0.2, 0.28, 8192, 8)
+    cpu = T.apply_profile(tyro.cli(T.Config, args=[]), [])
+    assert cpu.profile == "cpu" and cpu == dataclasses.replace(T.Config(), profile="cpu")
+    with pytest.raises(T.ConfigError, match="--profile"):
+        T.apply_profile(T.Config(profile="gpu"), [])

@@ -366,7 +366,7 @@ def train(cfg: Config) -> dict:
     bad_steps = 0
     pad = tok.pad_token_id
     for step in range(start + 1, cfg.steps + 1):
-        t_step = time.time()
+        t_step = t0 = time.time()
         m = {"step": step}
         # ---- 1. prompts: Eq. 11 weights from the tracker (SPO) or uniform (GRPO)
         if cfg.algo == "spo" and not cfg.uniform_sampling:
@@ -377,6 +377,7 @@ def train(cfg: Config) -> dict:
             idx = np.repeat(sampler.uniform(len(keys), cfg.batch_size // cfg.group_size), cfg.group_size)
         batch = [train_tasks[i] for i in idx]
         bkeys = [t.prompt for t in batch]
+        m["time/tracker"] = time.time() - t0                                 # tracker + sampler bookkeeping
         # ---- 2. generate one response per prompt (GRPO: each prompt group_size times)
         t0 = time.time()
         samples = engine.generate([fmt[k] for k in bkeys], cfg.max_completion_length, cfg.temperature,
@@ -441,6 +442,8 @@ def train(cfg: Config) -> dict:
                 both_p = [prev[i][0] for i in seen] + p_ids
                 both_c = [prev[i][1] for i in seen] + c_ids
                 now, nmask = sequence_logprobs(model, both_p, both_c, pad, cfg.temperature, cfg.micro_batch_size)
+            m["time/drift"] = time.time() - t0
+            t0 = time.time()
             drift = np.zeros(len(bkeys))
             if seen:
                 then = torch.zeros(len(seen), now.shape[1])
@@ -455,7 +458,7 @@ def train(cfg: Config) -> dict:
                       "spo/rho_max": float(rho.max()), "spo/drift_mean": float(drift[seen].mean()) if seen else 0.0,
                       "spo/first_visit_share": 1 - len(seen) / len(bkeys),
                       "spo/n_eff_mean": float(tracker.effective_size(bkeys).mean())})
-        m["time/tracker"] = time.time() - t0
+        m["time/tracker"] += time.time() - t0
         # ---- 6. adapter to the engine, sync self-test, metrics, checkpoint
         engine.load_adapter(model)
         if cfg.sync_check_every and engine.name != "hf" and (step == start + 1 or step % cfg.sync_check_every == 0):

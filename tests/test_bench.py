@@ -1,0 +1,24 @@
+"""The agentic simulation's batch-assembly rules, on the paper's own numbers (§5.4)."""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from agentic_sim import PAPER_GROUP_TIMES, group_based, group_free  # noqa: E402
+
+
+def test_group_based_waits_for_whole_groups():
+    # 6 groups of 8; each group's slowest member sets its finish time (Fig. 5); 24 samples = 3 groups
+    rng = np.random.default_rng(0)
+    lat = np.concatenate([np.r_[rng.uniform(60, t - 1, 7), t] for t in PAPER_GROUP_TIMES])[None]   # [1, 48]
+    assert group_based(lat, 8, 3).tolist() == [486.0]
+    assert group_based(lat, 8, 1).tolist() == [130.0] and group_based(lat, 8, 6).tolist() == [553.0]
+
+
+def test_group_free_takes_the_first_finishers():
+    lat = np.arange(48, 0, -1, dtype=float)[None] * 10       # 480, 470, ..., 10
+    assert group_free(lat, 24).tolist() == [240.0]          # the 24th fastest
+    assert group_free(lat, 48).tolist() == [480.0]          # no over-sampling: wait for all
+    lat2 = np.stack([lat[0], lat[0][::-1]])                  # [trials, n] handled per row
+    assert group_free(lat2, 1).tolist() == [10.0, 10.0]

@@ -252,6 +252,12 @@ class HFEngine:
     def load_adapter(self, model) -> None:
         """Nothing to do: the engine is the trained model."""
 
+    def sleep(self) -> None:
+        """Nothing to free: the engine is the trained model."""
+
+    def wake_up(self) -> None:
+        pass
+
     @torch.no_grad()
     def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None) -> list:
         """One response per prompt string (already chat-formatted). temperature 0 means greedy."""
@@ -305,7 +311,7 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, tokenizer, max_prompt_length: int = 512, max_new_tokens: int = 256,
                  lora_rank: int = 16, seed: int = 0, dtype: str = "auto", gpu_memory_utilization: float = 0.3,
-                 cpu_kv_cache_gib: float = 0.5, enable_sleep_mode: bool | None = None):
+                 cpu_kv_cache_gib: float = 0.5, enable_sleep_mode: bool | None = None, load_in_4bit: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # colocated: same process as the trainer
         try:
             from vllm import LLM
@@ -324,7 +330,9 @@ class VLLMEngine:
                        ("bfloat16" if cuda else "float32"), enable_lora=True, max_lora_rank=rank, max_loras=1,
                        max_model_len=max_prompt_length + max_new_tokens, seed=seed,
                        logprobs_mode="processed_logprobs",     # log-probs after temperature, as the trainer's
-                       enable_sleep_mode=self.sleep_mode, enable_prefix_caching=False, **mem)
+                       enable_sleep_mode=self.sleep_mode, enable_prefix_caching=False,
+                       # QLoRA: sample from the same NF4 base the trainer differentiates, not a bf16 one
+                       **(dict(quantization="bitsandbytes") if load_in_4bit else {}), **mem)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.adapter_root = tempfile.mkdtemp(prefix="spo-adapter-", dir=shm)
         self.version, self.lora_request = 0, None
@@ -371,7 +379,8 @@ class VLLMEngine:
 
 
 def make_engine(kind: str, model, tokenizer, model_path: str, **kw):
-    """'hf', 'vllm', or 'auto': vLLM where installed (faster on GPU and for the base model on CPU), else HF."""
+    """'hf', 'vllm', or 'auto': vLLM on CUDA when installed, else HF (on the CPU HF is faster with a LoRA
+    adapter: 82 vs 35 tokens/s in bench/rollout_speed.py)."""
     if kind == "auto":
         kind = "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
     if kind == "hf":

@@ -163,11 +163,21 @@ PAPER_PROFILE = dict(
 
 
 def apply_profile(cfg: Config, argv: list) -> Config:
-    """Fill PAPER_PROFILE into the fields the command line did not set, when the profile says so."""
+    """Fill PAPER_PROFILE into the fields the command line did not set, when the profile says so.
+
+    With --resume the saved run's config.json is the base instead, so `--resume DIR` alone continues
+    the same run, and flags given beside it (e.g. a larger --steps) override it.
+    """
+    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    saved = os.path.join(cfg.resume or "", "config.json")
+    if cfg.resume and os.path.exists(saved):
+        with open(saved) as f:
+            base = json.load(f)
+        base = {k: v for k, v in base.items() if k in Config.__dataclass_fields__ and k not in given}
+        return dataclasses.replace(cfg, **base)
     profile = cfg.profile if cfg.profile != "auto" else ("cpu" if cfg.model == EMBEDDED_MODEL else "paper")
     if profile not in ("cpu", "paper"):
         raise ConfigError(f"--profile must be auto, cpu or paper, got {cfg.profile!r}")
-    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
     if profile == "paper":
         cfg = dataclasses.replace(cfg, **{k: v for k, v in PAPER_PROFILE.items() if k not in given})
     return dataclasses.replace(cfg, profile=profile)
@@ -331,7 +341,7 @@ def train(cfg: Config) -> dict:
     train_tasks, held, fmt = load_data(cfg, tok)
     engine = make_engine(cfg.engine, model, tok, path, max_prompt_length=cfg.max_prompt_length,
                          max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed,
-                         gpu_memory_utilization=cfg.gpu_memory_utilization)
+                         gpu_memory_utilization=cfg.gpu_memory_utilization, load_in_4bit=cfg.load_in_4bit)
     if cfg.eval_only:
         res = evaluate(cfg, engine, held, fmt)
         print(json.dumps(res))
@@ -361,8 +371,14 @@ def train(cfg: Config) -> dict:
         log.eval(0, evaluate(cfg, engine, held, fmt))
 
     stop = {"signal": None}
+
+    def on_signal(sig, _frame):              # first: finish the step, save, exit; second: exit now
+        if stop["signal"]:
+            raise KeyboardInterrupt(f"second {signal.Signals(sig).name}: stopping without saving")
+        stop["signal"] = signal.Signals(sig).name
+        print(f"\n{stop['signal']}: finishing step, then saving a checkpoint (again to stop at once)", flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, _f: stop.update(signal=signal.Signals(s).name))
+        signal.signal(sig, on_signal)
     bad_steps = 0
     pad = tok.pad_token_id
     for step in range(start + 1, cfg.steps + 1):
@@ -383,6 +399,7 @@ def train(cfg: Config) -> dict:
         samples = engine.generate([fmt[k] for k in bkeys], cfg.max_completion_length, cfg.temperature,
                                   seed=cfg.seed * 1_000_003 + step * 10_007)
         m["time/generate"] = time.time() - t0
+        engine.sleep()                       # vLLM on CUDA: free the KV cache, offload weights while training
         # ---- 3. rewards and advantages
         rewards = np.array([reward_fn(s.text, t.answer) for s, t in zip(samples, batch)])
         v_prev = tracker.value(bkeys)                                        # v_hat_{-1}: before this reward
@@ -460,6 +477,7 @@ def train(cfg: Config) -> dict:
                       "spo/n_eff_mean": float(tracker.effective_size(bkeys).mean())})
         m["time/tracker"] += time.time() - t0
         # ---- 6. adapter to the engine, sync self-test, metrics, checkpoint
+        engine.wake_up()
         engine.load_adapter(model)
         if cfg.sync_check_every and engine.name != "hf" and (step == start + 1 or step % cfg.sync_check_every == 0):
             again = engine.generate([fmt[k] for k in bkeys[:4]], cfg.max_completion_length, cfg.temperature, seed=step)
@@ -515,7 +533,13 @@ class Logger:
 
     def __init__(self, cfg: Config, start: int):
         self.cfg, self.evals = cfg, []
-        self.file = open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a")
+        path = os.path.join(cfg.output_dir, "metrics.jsonl")
+        if start and os.path.exists(path):   # resuming: drop lines logged after the checkpoint
+            with open(path) as f:
+                keep = [line for line in f if json.loads(line)["step"] <= start]
+            with open(path, "w") as f:
+                f.writelines(keep)
+        self.file = open(path, "a")
         self.live = None
         if sys.stdout.isatty():
             from rich.live import Live

@@ -71,6 +71,8 @@ def main():
     for i, (name, seed) in enumerate(plan):
         print(f"=== [{i + 1}/{len(plan)}] {name}, seed {seed}", flush=True)
         results.append(run(name, seed, a, a.out))
+        with open(os.path.join(a.out, "compare_runs.jsonl"), "a") as f:    # partial results survive a stop
+            f.write(json.dumps(results[-1]) + "\n")
 
     arms = list(dict.fromkeys(r["arm"] for r in results))
     med = lambda xs: statistics.median(xs)  # noqa: E731

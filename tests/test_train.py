@@ -102,9 +102,12 @@ def test_sigterm_saves_and_resume_works(tmp_path):
     assert p.returncode == 0 and "SIGTERM: saved a checkpoint" in out
     st = torch.load(os.path.join(run, "ckpt", "state.pt"), weights_only=False)
     assert 1 <= st["step"] < 50
-    r = _cli(*args[:1], str(st["step"] + 1), *args[2:], "--resume", run)
+    r = _cli("--resume", run, "--steps", str(st["step"] + 1))   # the saved config; only --steps changes
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"resumed from {run}/ckpt at step {st['step']}" in r.stdout
+    steps = [m["step"] for m in _metrics(run) if "reward" in m]
+    assert steps == list(range(1, st["step"] + 2))           # no step logged twice, none missing
+    assert json.load(open(os.path.join(run, "config.json")))["batch_size"] == TINY["batch_size"]
 
 
 def test_paper_profile_fills_only_what_the_command_line_left_open():

@@ -259,19 +259,28 @@ class HFEngine:
         pass
 
     @torch.no_grad()
-    def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None) -> list:
-        """One response per prompt string (already chat-formatted). temperature 0 means greedy."""
+    def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
+                 seeds: list | None = None) -> list:
+        """One response per prompt string (already chat-formatted). temperature 0 means greedy.
+
+        `seed` seeds the whole call; `seeds` (one per prompt) generates each prompt alone from its own
+        seed, so a response does not depend on which other prompts share the batch or the process
+        (slower: what a data-parallel run needs to match a single process exactly).
+        """
         prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         _check_prompt_lengths(prompt_ids, self.max_prompt_length)
         if seed is not None:
             torch.manual_seed(seed)
+        chunks = [(s, prompt_ids[s:s + self.batch_size]) for s in range(0, len(prompts), self.batch_size)] \
+            if seeds is None else [(s, [p]) for s, p in zip(seeds, prompt_ids)]
         was_training = self.model.training
         self.model.eval()
         eos = self.tok.eos_token_id
         samples = []
         try:
-            for s in range(0, len(prompts), self.batch_size):
-                batch = prompt_ids[s:s + self.batch_size]
+            for s, batch in chunks:
+                if seeds is not None:
+                    torch.manual_seed(s)
                 width = max(len(p) for p in batch)
                 ids = torch.tensor([[self.tok.pad_token_id] * (width - len(p)) + p for p in batch])
                 att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
@@ -326,6 +335,8 @@ class VLLMEngine:
         self.sleep_mode = cuda if enable_sleep_mode is None else enable_sleep_mode
         mem = dict(gpu_memory_utilization=gpu_memory_utilization) if cuda else \
             dict(kv_cache_memory_bytes=int(cpu_kv_cache_gib * 2**30))   # CPU: a fixed KV cache, not a RAM share
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under torchrun: one engine per rank, TP 1
+            mem["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype if dtype != "auto" else
                        ("bfloat16" if cuda else "float32"), enable_lora=True, max_lora_rank=rank, max_loras=1,
                        max_model_len=max_prompt_length + max_new_tokens, seed=seed,
@@ -349,12 +360,16 @@ class VLLMEngine:
             self.llm.llm_engine.remove_lora(prev.lora_int_id)
             shutil.rmtree(prev.lora_path, ignore_errors=True)
 
-    def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None) -> list:
+    def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
+                 seeds: list | None = None) -> list:
+        """As HFEngine.generate; vLLM seeds every request anyway (seed + i, or seeds[i])."""
         from vllm import SamplingParams
         prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         _check_prompt_lengths(prompt_ids, self.max_prompt_length)
+        if seeds is None:
+            seeds = [None if seed is None else seed + i for i in range(len(prompts))]
         params = [SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens,
-                                 logprobs=0, seed=None if seed is None else seed + i) for i in range(len(prompts))]
+                                 logprobs=0, seed=sd) for sd in seeds]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False,
                                  lora_request=self.lora_request)
         samples = []

@@ -146,6 +146,14 @@ class Config:
     """evaluate this adapter folder on the held-out set and exit"""
     max_bad_steps: int = 3
     """stop after this many consecutive non-finite losses"""
+    # --- many processes (torchrun --nproc_per_node N train.py ...)
+    deterministic_generation: bool = False
+    """HF engine: sample each prompt alone from its own seed, so results do not depend on batching or on
+    the number of ranks (slower; vLLM always seeds per request)"""
+    dist_check_every: int = 10
+    """compare a hash of tracker, sampler and adapter across ranks every N steps; 0 = never"""
+    dist_timeout: int = 1800
+    """seconds a collective waits for a missing rank before the job fails"""
 
 
 # `python train.py --model Qwen/Qwen3-8B` on a GPU: the paper's run (spec §2.1) on one GPU with QLoRA.
@@ -237,8 +245,8 @@ def load_data(cfg: Config, tok):
     return train, held, fmt
 
 
-def offline_init(cfg: Config, tracker: ValueTracker, engine, train, fmt, reward_fn) -> None:
-    """Eq. 6: n0 samples per prompt with the initial policy, or a saved file of them."""
+def offline_init(cfg: Config, tracker: ValueTracker, engine, train, fmt, reward_fn, dist) -> None:
+    """Eq. 6: n0 samples per prompt with the initial policy (each rank samples its share), or a saved file."""
     if cfg.offline_values:
         with open(cfg.offline_values) as f:
             table = json.load(f)
@@ -248,30 +256,38 @@ def offline_init(cfg: Config, tracker: ValueTracker, engine, train, fmt, reward_
             raise ConfigError(f"--offline-values {cfg.offline_values}: none of its {len(table)} prompts is a "
                               "training prompt (keys must equal the prompt text exactly, suffix included)")
         if missing:
-            print(f"warning: {missing} of {len(train)} training prompts have no offline value "
-                  f"(e.g. {next(t.prompt for t in train if t.prompt not in table)!r}); they start from the prior")
+            dist.say(f"warning: {missing} of {len(train)} training prompts have no offline value "
+                     f"(e.g. {next(t.prompt for t in train if t.prompt not in table)!r}); they start from the prior")
         tracker.init_from_offline(keys, [table[k] for k in keys])
         return
     if cfg.offline_samples == 0:
         return
     n0, table = cfg.offline_samples, {}
+    mine = list(range(dist.rank, len(train), dist.world))
     chunk = max(1, 256 // n0)
     t0 = time.time()
-    for s in range(0, len(train), chunk):
-        part = train[s:s + chunk]
-        out = engine.generate([fmt[t.prompt] for t in part for _ in range(n0)], cfg.max_completion_length,
-                              cfg.temperature, seed=cfg.seed * 7919 + s)
-        for j, t in enumerate(part):
-            table[t.prompt] = [reward_fn(o.text, t.answer) for o in out[j * n0:(j + 1) * n0]]
-        done = min(s + chunk, len(train))
-        eta = (time.time() - t0) / done * (len(train) - done)
-        print(f"offline init: {done}/{len(train)} prompts x {n0} samples, ETA {eta:.0f} s", flush=True)
+    for s in range(0, len(mine), chunk):
+        part = mine[s:s + chunk]
+        seeds = [cfg.seed * 7919 + i * n0 + k for i in part for k in range(n0)]
+        out = engine.generate([fmt[train[i].prompt] for i in part for _ in range(n0)], cfg.max_completion_length,
+                              cfg.temperature, seed=cfg.seed * 7919 + s + dist.rank,
+                              seeds=seeds if cfg.deterministic_generation or engine.name == "vllm" else None)
+        for j, i in enumerate(part):
+            table[train[i].prompt] = [reward_fn(o.text, train[i].answer) for o in out[j * n0:(j + 1) * n0]]
+        done = min(s + chunk, len(mine))
+        eta = (time.time() - t0) / done * (len(mine) - done)
+        dist.say(f"offline init: {done * dist.world}/{len(train)} prompts x {n0} samples, ETA {eta:.0f} s")
+    merged = {}
+    for part in dist.gather(table):                                  # every rank: all prompts, in pool order
+        merged.update(part)
+    table = {t.prompt: merged[t.prompt] for t in train}
     path = os.path.join(cfg.output_dir, "offline_values.json")
-    with open(path, "w") as f:
-        json.dump(table, f)
+    if dist.main:
+        with open(path, "w") as f:
+            json.dump(table, f)
     rates = np.array([np.mean(v) for v in table.values()])
-    print(f"offline values -> {path} (reuse with --offline-values): mean success {rates.mean():.3f}, "
-          f"{np.mean((rates > 0) & (rates < 1)):.0%} of prompts strictly between 0 and 1")
+    dist.say(f"offline values -> {path} (reuse with --offline-values): mean success {rates.mean():.3f}, "
+             f"{np.mean((rates > 0) & (rates < 1)):.0%} of prompts strictly between 0 and 1")
     tracker.init_from_offline(list(table), list(table.values()))
 
 
@@ -319,14 +335,89 @@ def load_checkpoint(run_dir: str):
     raise ConfigError(f"--resume {run_dir}: no checkpoint in it (expected {run_dir}/ckpt/state.pt)")
 
 
+# ============================================================== many processes (torchrun)
+
+
+class Dist:
+    """torch.distributed under torchrun (NCCL on GPUs, gloo on CPU); every call is a no-op in one process.
+
+    Data parallel: every rank holds the policy, its own engine, and an identical tracker and sampler
+    (same seed, same updates in the same order); rank r generates rows r, r + W, r + 2W, ... of the
+    step's global batch, and everything the math needs globally (rewards, drifts, token counts,
+    gradients) is gathered or summed, so W ranks compute what one process would on the same batch.
+    """
+
+    def __init__(self, timeout_s: int):
+        self.world, self.rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+        self.main = self.rank == 0
+        if self.world > 1:
+            import datetime
+            import torch.distributed as tdist
+            self.d = tdist
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                     timeout=datetime.timedelta(seconds=timeout_s))
+
+    def say(self, *a) -> None:
+        if self.main:
+            print(*a, flush=True)
+
+    def gather(self, obj) -> list:
+        """[obj of rank 0, obj of rank 1, ...] on every rank."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        self.d.all_gather_object(out, obj)
+        return out
+
+    def rows(self, local: list, n: int) -> list:
+        """Per-row values of the rows this rank owns -> the global list of n rows, on every rank."""
+        out = [None] * n
+        for r, part in enumerate(self.gather(local)):
+            out[r::self.world] = part
+        return out
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            self.d.all_reduce(t)
+        return t
+
+    def check_same(self, value, what: str) -> None:
+        vals = self.gather(value)
+        if any(v != vals[0] for v in vals):
+            raise RuntimeError(f"ranks diverged: {what} differs across ranks ({vals}); stopping")
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.d.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            self.d.destroy_process_group()
+
+
+def state_hash(tracker: ValueTracker, sampler: PrioritizedSampler, model) -> str:
+    import hashlib
+    h = hashlib.sha256(tracker.alpha.tobytes() + tracker.beta.tobytes() + json.dumps(sampler.state_dict()).encode())
+    for p in model.parameters():
+        if p.requires_grad:
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 # ============================================================== the training loop
 
 
 def train(cfg: Config) -> dict:
     validate(cfg)
+    dist = Dist(cfg.dist_timeout)
+    if cfg.batch_size % dist.world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} must divide evenly over {dist.world} ranks")
     torch.manual_seed(cfg.seed)
     if not torch.cuda.is_available():
-        torch.set_num_threads(min(os.cpu_count() or 1, 8))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, min((os.cpu_count() or 1) // local, 8)))
     os.makedirs(cfg.output_dir, exist_ok=True)
     state = None
     if cfg.resume:
@@ -340,22 +431,23 @@ def train(cfg: Config) -> dict:
         set_peft_model_state_dict(model, load_file(os.path.join(adapter, "adapter_model.safetensors")))
     train_tasks, held, fmt = load_data(cfg, tok)
     engine = make_engine(cfg.engine, model, tok, path, max_prompt_length=cfg.max_prompt_length,
-                         max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed,
+                         max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed + dist.rank,
                          gpu_memory_utilization=cfg.gpu_memory_utilization, load_in_4bit=cfg.load_in_4bit)
     if cfg.eval_only:
-        res = evaluate(cfg, engine, held, fmt)
-        print(json.dumps(res))
+        res = evaluate(cfg, engine, held, fmt) if dist.main else {}
+        dist.say(json.dumps(res))
         return res
-    with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-    print("config:", json.dumps(dataclasses.asdict(cfg)))
+    if dist.main:
+        with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+    dist.say("config:", json.dumps(dataclasses.asdict(cfg)))
 
     reward_fn = RewardFn(cfg.format_gate)
     keys = [t.prompt for t in train_tasks]
     tracker = ValueTracker(cfg.rho_min, cfg.rho_max, cfg.d_half)
     sampler = PrioritizedSampler(cfg.seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                            weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     stored = {}            # prompt -> (prompt_ids, completion_ids, log-probs after the update at its last visit)
     history, start = [], 0
     if state is not None:
@@ -363,11 +455,11 @@ def train(cfg: Config) -> dict:
         tracker.load_state_dict(state["tracker"])
         sampler.load_state_dict(state["sampler"])
         stored, history, start = state["stored"], state["history"], state["step"]
-        print(f"resumed from {ckpt_dir} at step {start}")
+        dist.say(f"resumed from {ckpt_dir} at step {start}")
     elif cfg.algo == "spo":
-        offline_init(cfg, tracker, engine, train_tasks, fmt, reward_fn)
-    log = Logger(cfg, start)
-    if start == 0:
+        offline_init(cfg, tracker, engine, train_tasks, fmt, reward_fn, dist)
+    log = Logger(cfg, start) if dist.main else None
+    if start == 0 and dist.main:
         log.eval(0, evaluate(cfg, engine, held, fmt))
 
     stop = {"signal": None}
@@ -376,70 +468,82 @@ def train(cfg: Config) -> dict:
         if stop["signal"]:
             raise KeyboardInterrupt(f"second {signal.Signals(sig).name}: stopping without saving")
         stop["signal"] = signal.Signals(sig).name
-        print(f"\n{stop['signal']}: finishing step, then saving a checkpoint (again to stop at once)", flush=True)
+        dist.say(f"\n{stop['signal']}: finishing step, then saving a checkpoint (again to stop at once)")
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     bad_steps = 0
     pad = tok.pad_token_id
+    B = cfg.batch_size
+    mine = list(range(dist.rank, B, dist.world))                       # this rank's rows of every batch
     for step in range(start + 1, cfg.steps + 1):
         t_step = t0 = time.time()
         m = {"step": step}
-        # ---- 1. prompts: Eq. 11 weights from the tracker (SPO) or uniform (GRPO)
+        # ---- 1. prompts: Eq. 11 weights from the tracker (SPO) or uniform (GRPO); same draw on every rank
         if cfg.algo == "spo" and not cfg.uniform_sampling:
-            idx = sampler.sample(priority_weights(tracker.value(keys), cfg.sampling_epsilon), cfg.batch_size)
+            idx = sampler.sample(priority_weights(tracker.value(keys), cfg.sampling_epsilon), B)
         elif cfg.algo == "spo":
-            idx = sampler.uniform(len(keys), cfg.batch_size)
+            idx = sampler.uniform(len(keys), B)
         else:
-            idx = np.repeat(sampler.uniform(len(keys), cfg.batch_size // cfg.group_size), cfg.group_size)
+            idx = np.repeat(sampler.uniform(len(keys), B // cfg.group_size), cfg.group_size)
         batch = [train_tasks[i] for i in idx]
         bkeys = [t.prompt for t in batch]
         m["time/tracker"] = time.time() - t0                                 # tracker + sampler bookkeeping
-        # ---- 2. generate one response per prompt (GRPO: each prompt group_size times)
+        # ---- 2. generate one response per prompt (GRPO: each prompt group_size times), this rank's rows
         t0 = time.time()
-        samples = engine.generate([fmt[k] for k in bkeys], cfg.max_completion_length, cfg.temperature,
-                                  seed=cfg.seed * 1_000_003 + step * 10_007)
+        base_seed = cfg.seed * 1_000_003 + step * 10_007
+        samples = engine.generate([fmt[bkeys[j]] for j in mine], cfg.max_completion_length, cfg.temperature,
+                                  seed=base_seed + dist.rank, seeds=[base_seed + j for j in mine]
+                                  if cfg.deterministic_generation or engine.name == "vllm" else None)
         m["time/generate"] = time.time() - t0
         engine.sleep()                       # vLLM on CUDA: free the KV cache, offload weights while training
-        # ---- 3. rewards and advantages
-        rewards = np.array([reward_fn(s.text, t.answer) for s, t in zip(samples, batch)])
+        # ---- 3. rewards (gathered: the batch is global) and advantages
+        local_r = [reward_fn(s.text, batch[j].answer) for s, j in zip(samples, mine)]
+        rewards = np.array(dist.rows(local_r, B))
         v_prev = tracker.value(bkeys)                                        # v_hat_{-1}: before this reward
         if cfg.algo == "spo":
             base = np.zeros_like(v_prev) if cfg.no_baseline else v_prev
-            adv = spo_advantages(rewards, base)                             # Eq. 8-9
+            adv = spo_advantages(rewards, base)                             # Eq. 8-9, over the global batch
             raw = rewards - base
         else:
             adv = grpo_advantages(rewards, cfg.group_size)
             raw = rewards - rewards.reshape(-1, cfg.group_size).mean(1).repeat(cfg.group_size)
             m["grpo/degenerate_share"] = degenerate_share(rewards, cfg.group_size)
-        # ---- 4. old log-probs, then PPO-clip mini-batch updates (Eq. 10)
+        # ---- 4. old log-probs, then PPO-clip mini-batch updates (Eq. 10); gradients summed over ranks
         t0 = time.time()
         p_ids, c_ids = [s.prompt_ids for s in samples], [s.completion_ids for s in samples]
         model.train()
         with torch.no_grad():
             old_logp, mask = sequence_logprobs(model, p_ids, c_ids, pad, cfg.temperature, cfg.micro_batch_size)
         stats, skipped = [], 0
-        mb = cfg.batch_size // cfg.num_minibatches
+        mb = B // cfg.num_minibatches
         for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(cfg.batch_size, generator=torch.Generator().manual_seed(step))
-            for s in range(0, cfg.batch_size, mb):
-                rows = perm[s:s + mb]
-                norm = (mask[rows].sum() if cfg.loss_variant != "gspo" else float(len(rows)))
-                total = 0.0
+            perm = torch.randperm(B, generator=torch.Generator().manual_seed(step))
+            for s in range(0, B, mb):
+                rows = [j // dist.world for j in perm[s:s + mb].tolist() if j % dist.world == dist.rank]  # local
+                if cfg.loss_variant == "gspo":
+                    norm = float(min(mb, B - s))                              # sequences in the global mini-batch
+                else:
+                    norm = dist.sum(mask[rows].sum().reshape(1)).item()      # tokens in the global mini-batch
+                total = torch.zeros(1)
                 for u in range(0, len(rows), cfg.micro_batch_size):
-                    r = rows[u:u + cfg.micro_batch_size].tolist()
+                    r = rows[u:u + cfg.micro_batch_size]
                     logp, mk = sequence_logprobs(model, [p_ids[i] for i in r], [c_ids[i] for i in r], pad,
                                                  cfg.temperature, cfg.micro_batch_size)
-                    loss, st = policy_loss(logp, old_logp[r, :logp.shape[1]], adv[r], mk, cfg.epsilon,
-                                           cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant, normalizer=norm)
+                    loss, st = policy_loss(logp, old_logp[r, :logp.shape[1]], adv[[mine[i] for i in r]], mk,
+                                           cfg.epsilon, cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant,
+                                           normalizer=norm)
                     loss.backward()
                     total += loss.item()
                     stats.append(st)
-                if not math.isfinite(total):
+                if dist.world > 1:                                            # explicit all-reduce of LoRA grads
+                    for p in params:
+                        dist.sum(_grad(p))
+                total = dist.sum(total).item()
+                if not math.isfinite(total):                                 # every rank sees the same sum
                     opt.zero_grad(set_to_none=True)
                     skipped += 1
                     continue
-                m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
+                m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 m["loss"] = total
@@ -447,13 +551,14 @@ def train(cfg: Config) -> dict:
         m["nonfinite_loss_updates"] = skipped
         bad_steps = bad_steps + 1 if skipped else 0
         if bad_steps >= cfg.max_bad_steps:
-            log.close()
+            if log:
+                log.close()
             raise RuntimeError(f"stopping: {bad_steps} consecutive steps with a non-finite loss (step {step}); "
                                f"the last checkpoint is in {cfg.output_dir}/ckpt")
         # ---- 5. drift on each prompt's stored previous response, then the tracker (Eq. 5)
         t0 = time.time()
         if cfg.algo == "spo":
-            prev = [stored.get(k) for k in bkeys]
+            prev = [stored.get(bkeys[j]) for j in mine]
             seen = [i for i, p in enumerate(prev) if p is not None]
             with torch.no_grad():                       # one pass: stored responses + this step's
                 both_p = [prev[i][0] for i in seen] + p_ids
@@ -461,28 +566,35 @@ def train(cfg: Config) -> dict:
                 now, nmask = sequence_logprobs(model, both_p, both_c, pad, cfg.temperature, cfg.micro_batch_size)
             m["time/drift"] = time.time() - t0
             t0 = time.time()
-            drift = np.zeros(len(bkeys))
+            local_d = np.zeros(len(mine))
             if seen:
                 then = torch.zeros(len(seen), now.shape[1])
-                for j, i in enumerate(seen):
-                    then[j, :len(prev[i][2])] = torch.tensor(prev[i][2])
-                drift[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).numpy()
-            for j, k in enumerate(bkeys):               # store for the next visit
-                n = len(c_ids[j])
-                stored[k] = (p_ids[j], c_ids[j], now[len(seen) + j, :n].tolist())
+                for k, i in enumerate(seen):
+                    then[k, :len(prev[i][2])] = torch.tensor(prev[i][2])
+                local_d[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).numpy()
+            new = [(p_ids[i], c_ids[i], now[len(seen) + i, :len(c_ids[i])].tolist()) for i in range(len(mine))]
+            for j, entry in zip(range(B), dist.rows(new, B)):  # store for the next visit, on every rank
+                stored[bkeys[j]] = entry
+            drift = np.array(dist.rows(local_d.tolist(), B))
+            first = np.array(dist.rows([p is None for p in prev], B))
             rho = tracker.update(bkeys, rewards, drift)
             m.update({"spo/rho_mean": float(rho.mean()), "spo/rho_min": float(rho.min()),
-                      "spo/rho_max": float(rho.max()), "spo/drift_mean": float(drift[seen].mean()) if seen else 0.0,
-                      "spo/first_visit_share": 1 - len(seen) / len(bkeys),
+                      "spo/rho_max": float(rho.max()),
+                      "spo/drift_mean": float(drift[~first].mean()) if (~first).any() else 0.0,
+                      "spo/first_visit_share": float(first.mean()),
                       "spo/n_eff_mean": float(tracker.effective_size(bkeys).mean())})
         m["time/tracker"] += time.time() - t0
+        if cfg.dist_check_every and dist.world > 1 and step % cfg.dist_check_every == 0:
+            dist.check_same(state_hash(tracker, sampler, model), f"tracker/sampler/adapter state at step {step}")
         # ---- 6. adapter to the engine, sync self-test, metrics, checkpoint
         engine.wake_up()
         engine.load_adapter(model)
         if cfg.sync_check_every and engine.name != "hf" and (step == start + 1 or step % cfg.sync_check_every == 0):
-            again = engine.generate([fmt[k] for k in bkeys[:4]], cfg.max_completion_length, cfg.temperature, seed=step)
+            again = engine.generate([fmt[bkeys[j]] for j in mine[:4]], cfg.max_completion_length, cfg.temperature,
+                                    seed=step)
             m.update({f"sync/{k}": v for k, v in check_sync(model, again, pad, cfg.temperature).items()})
-        lens = np.array([len(c) for c in c_ids])
+        lens = np.array(dist.rows([len(c) for c in c_ids], B))
+        truncated = dist.rows([s.finish_reason == "length" for s in samples], B)
         norm_adv = adv.numpy()
         m.update({
             "reward": float(rewards.mean()),
@@ -492,7 +604,7 @@ def train(cfg: Config) -> dict:
             "adv/near_zero_1e-4": float(np.mean(np.abs(norm_adv) < 1e-4)),
             "tracker/brier": float(np.mean((v_prev - rewards) ** 2)) if cfg.algo == "spo" else float("nan"),
             "response_length": float(lens.mean()),
-            "truncation_rate": float(np.mean([s.finish_reason == "length" for s in samples])),
+            "truncation_rate": float(np.mean(truncated)),
             "tokens_per_s": float(lens.sum() / max(m["time/generate"], 1e-9)),
             "reward_errors": reward_fn.errors,
         })
@@ -502,27 +614,44 @@ def train(cfg: Config) -> dict:
                 m[f"loss/{name}"] = float(np.mean(vals))
         m["time/step"] = time.time() - t_step
         history.append(m)
-        log.step(m, samples[0].text, rewards[0], batch[0])
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            log.eval(step, evaluate(cfg, engine, held, fmt))
-        if (cfg.save_every and step % cfg.save_every == 0) or stop["signal"]:
-            save_checkpoint(cfg, step, model, opt, tracker, sampler, stored, history)
+        stopping = dist.gather(stop["signal"])                          # stop together, whichever rank was told
+        stop["signal"] = next((x for x in stopping if x), None)
+        if dist.main:
+            log.step(m, samples[0].text, rewards[0], batch[0])
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                log.eval(step, evaluate(cfg, engine, held, fmt))
+            if (cfg.save_every and step % cfg.save_every == 0) or stop["signal"]:
+                save_checkpoint(cfg, step, model, opt, tracker, sampler, stored, history)
+        dist.barrier()
         if stop["signal"]:
-            log.close()
-            print(f"{stop['signal']}: saved a checkpoint at step {step}; continue with --resume {cfg.output_dir}")
+            if log:
+                log.close()
+            dist.say(f"{stop['signal']}: saved a checkpoint at step {step}; continue with --resume {cfg.output_dir}")
+            dist.close()
             return {"stopped": stop["signal"], "step": step}
 
-    final = evaluate(cfg, engine, held, fmt)
-    log.eval(cfg.steps, final)
-    save_checkpoint(cfg, cfg.steps, model, opt, tracker, sampler, stored, history)
-    model.save_pretrained(os.path.join(cfg.output_dir, "adapter"))
-    log.close()
-    plot(cfg.output_dir, history, log.evals)
-    first = log.evals[0][1] if log.evals else {}
+    final = evaluate(cfg, engine, held, fmt) if dist.main else {}
+    if dist.main:
+        log.eval(cfg.steps, final)
+        save_checkpoint(cfg, cfg.steps, model, opt, tracker, sampler, stored, history)
+        model.save_pretrained(os.path.join(cfg.output_dir, "adapter"))
+        log.close()
+        plot(cfg.output_dir, history, log.evals)
+    dist.barrier()
+    dist.close()
+    first = log.evals[0][1] if log and log.evals else {}
     for k in final:
         print(f"held-out {k}: {first.get(k, float('nan')):.3f} -> {final[k]:.3f}")
-    print(f"adapter: {cfg.output_dir}/adapter   curves: {cfg.output_dir}/curves.png")
+    if dist.main:
+        print(f"adapter: {cfg.output_dir}/adapter   curves: {cfg.output_dir}/curves.png")
     return {"first_eval": first, "final_eval": final, "history": history}
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """p.grad, created as zeros where this rank saw no rows of the mini-batch (the all-reduce needs it)."""
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    return p.grad
 
 
 # ============================================================== logging

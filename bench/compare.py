@@ -61,17 +61,24 @@ def main():
     p.add_argument("--eval-k", type=int, default=2)
     p.add_argument("--n-eval", type=int, default=32)
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--report-only", action="store_true", help="re-render compare.md/png from compare_runs.jsonl")
     a = p.parse_args()
     plan = [(n, s) for n in MAIN for s in range(a.seeds)] + [(n, 0) for n in ARMS if n not in MAIN]
     if a.quick:
         a.steps = 8
         plan = [("SPO 16x1", 0), ("GRPO 4x4", 0)]
     os.makedirs(a.out, exist_ok=True)
+    log = os.path.join(a.out, "compare_runs.jsonl")
     results = []
-    for i, (name, seed) in enumerate(plan):
+    if a.report_only:                                                       # re-render from finished runs
+        with open(log) as f:
+            results = [json.loads(line) for line in f]
+    else:
+        open(log, "w").close()
+    for i, (name, seed) in enumerate([] if a.report_only else plan):
         print(f"=== [{i + 1}/{len(plan)}] {name}, seed {seed}", flush=True)
         results.append(run(name, seed, a, a.out))
-        with open(os.path.join(a.out, "compare_runs.jsonl"), "a") as f:    # partial results survive a stop
+        with open(log, "a") as f:                                           # partial results survive a stop
             f.write(json.dumps(results[-1]) + "\n")
 
     arms = list(dict.fromkeys(r["arm"] for r in results))

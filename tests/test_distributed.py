@@ -72,3 +72,16 @@ def test_a_killed_rank_stops_the_job(tmp_path):
     assert p.returncode != 0, rest[-2000:]
     assert time.time() - t < 240                                          # failed, did not hang
     assert not os.path.exists(os.path.join(out, "adapter"))
+
+
+def test_resume_under_torchrun(tmp_path):
+    out = str(tmp_path / "resume")
+    r = subprocess.run(_torchrun(out), capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           os.path.join(ROOT, "train.py"), "--resume", out, "--steps", "3"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count(f"resumed from {out}/ckpt at step 2") == 1             # rank 0 alone speaks
+    assert [m["step"] for m in _metrics(out) if "reward" in m] == [1, 2, 3]
+    assert torch.load(os.path.join(out, "ckpt", "state.pt"), weights_only=False)["step"] == 3

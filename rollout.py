@@ -19,7 +19,6 @@ sampling distribution and biases the importance ratio (TRL #6789).
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import shutil

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -315,7 +316,6 @@ def evaluate(cfg: Config, engine, held, fmt) -> dict:
 def save_checkpoint(cfg, step, model, opt, tracker, sampler, stored, history) -> None:
     """Atomically: write everything to ckpt.tmp, then swap it in with renames."""
     final, tmp, old = (os.path.join(cfg.output_dir, n) for n in ("ckpt", "ckpt.tmp", "ckpt.old"))
-    import shutil
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(os.path.join(tmp, "adapter"))
     torch.save({"step": step, "optimizer": opt.state_dict(), "tracker": tracker.state_dict(),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from data import chat_prompt, embedded_tasks
-from rollout import (SYNC_TOLERANCE, HFEngine, LoraArgs, PromptTooLong, SetupError, SyncError, check_sync,
+from rollout import (SYNC_TOLERANCE, HFEngine, LoraArgs, PromptTooLong, SetupError, check_sync,
                      load_policy, resolve_model, sequence_logprobs)
 
 

@@ -1,6 +1,5 @@
 """ValueTracker and rho: hand-worked steps of Eq. 5-7 and the official code's offline init."""
 import json
-import math
 
 import numpy as np
 import pytest

@@ -2,18 +2,22 @@
 
     python bench/compare.py            # 3 seeds x (SPO 16x1, GRPO 4x4, GRPO 2x8) + 3 ablations, ~66 min on 2 cores
     python bench/compare.py --quick    # SPO vs GRPO 4x4, one seed, ~10 min
+    python bench/compare.py --arms "SPO fast tracker (rho 0.5)"   # add arms to the recorded runs
 
 Every arm samples the same number of responses per step (16) and in total, with the same model, learning
 rate, loss and seeds; only the prompt sampling and the baseline differ (train.py --algo). Reports held-out
 avg@k against responses sampled in training, the wasted share (GRPO: samples in groups whose rewards all
 agree; SPO: |A_tilde| < 0.02), the unnormalised advantage variance beside the same run's no-baseline
 variance (r itself), and wall time. SPO's offline-init samples are reported separately: the paper does not
-count them, a strict budget would. Writes compare.md and compare.png to --out.
+count them, a strict budget would. The finals are also paired by seed (a seed fixes the task split and
+sampling seeds in every arm) to say whether the budget separates SPO from GRPO at all. Writes compare.md
+and compare.png to --out.
 """
 import argparse
 import gc
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -28,14 +32,19 @@ ARMS = {  # name -> train.Config overrides; batch 16 responses everywhere
     "SPO w/o offline init": dict(algo="spo", offline_samples=0),
     "SPO w/o prioritised sampling": dict(algo="spo", uniform_sampling=True),
     "SPO w/o baseline": dict(algo="spo", no_baseline=True),
+    # diagnosis, not a paper arm: a tracker that forgets fast (window 2 instead of 8-25, N0 = 2) tests
+    # whether SPO's gap on this task is the tracker lagging a policy that moves 40 pts in 10 steps
+    "SPO fast tracker (rho 0.5)": dict(algo="spo", rho_min=0.5, rho_max=0.5),
 }
 MAIN = ["SPO 16x1", "GRPO 4x4", "GRPO 2x8"]
+DIAGNOSIS = ["SPO fast tracker (rho 0.5)"]  # run with --arms, not part of the default plan
 
 
 def run(name: str, seed: int, a, out: str) -> dict:
     import train as T
+    slug = re.sub(r"[^\w.-]+", "_", name)                                  # "SPO w/o baseline" -> SPO_w_o_baseline
     cfg = T.Config(seed=seed, steps=a.steps, eval_every=a.steps // 2, eval_k=a.eval_k, n_eval=a.n_eval,
-                   save_every=0, output_dir=os.path.join(out, "runs", f"{name.replace(' ', '_')}-s{seed}"),
+                   save_every=0, output_dir=os.path.join(out, "runs", f"{slug}-s{seed}"),
                    **ARMS[name])
     t = time.time()
     res = T.train(cfg)
@@ -50,6 +59,7 @@ def run(name: str, seed: int, a, out: str) -> dict:
     return {"arm": name, "seed": seed, "evals": evals, "final": evals[-1][1], "start": evals[0][1],
             "waste": statistics.mean(waste), "raw_var": statistics.mean(m["adv/raw_var"] for m in h),
             "nobase_var": statistics.mean(m["adv/noBaseline_var"] for m in h), "wall": wall,
+            "brier": statistics.mean(m["tracker/brier"] for m in h) if cfg.algo == "spo" else None,
             "offline_samples": offline}
 
 
@@ -62,19 +72,23 @@ def main():
     p.add_argument("--n-eval", type=int, default=32)
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     p.add_argument("--report-only", action="store_true", help="re-render compare.md/png from compare_runs.jsonl")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), metavar="ARM",
+                   help="run only these arms (all --seeds each) and append them to compare_runs.jsonl")
     a = p.parse_args()
-    plan = [(n, s) for n in MAIN for s in range(a.seeds)] + [(n, 0) for n in ARMS if n not in MAIN]
+    plan = [(n, s) for n in MAIN for s in range(a.seeds)] + [(n, 0) for n in ARMS if n not in MAIN + DIAGNOSIS]
+    if a.arms:
+        plan = [(n, s) for n in a.arms for s in range(a.seeds)]
     if a.quick:
         a.steps = 8
         plan = [("SPO 16x1", 0), ("GRPO 4x4", 0)]
     os.makedirs(a.out, exist_ok=True)
     log = os.path.join(a.out, "compare_runs.jsonl")
     results = []
-    if a.report_only:                                                       # re-render from finished runs
+    if a.report_only or a.arms:                                             # re-render / extend finished runs
         with open(log) as f:
-            results = [json.loads(line) for line in f]
-    else:
-        open(log, "w").close()
+            results = [r for r in map(json.loads, f) if not (a.arms and r["arm"] in a.arms)]
+    with open(log, "w") as f:                                               # keep what is not being re-run
+        f.writelines(json.dumps(r) + "\n" for r in results)
     for i, (name, seed) in enumerate([] if a.report_only else plan):
         print(f"=== [{i + 1}/{len(plan)}] {name}, seed {seed}", flush=True)
         results.append(run(name, seed, a, a.out))
@@ -85,14 +99,18 @@ def main():
     med = lambda xs: statistics.median(xs)  # noqa: E731
     lines = [f"# SPO vs GRPO on the embedded task ({a.steps} steps x 16 responses, held-out avg@{a.eval_k}, "
              f"{a.n_eval} problems)", "",
-             "| arm | seeds | held-out start -> end (median) | wasted share | adv. variance / no-baseline variance "
-             "| wall | offline-init samples |", "|---|---|---|---|---|---|---|"]
+             "| arm | seeds | held-out start -> end (median) | end per seed | wasted share "
+             "| adv. variance / no-baseline variance | tracker Brier | wall | offline-init samples |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         rs = [r for r in results if r["arm"] == arm]
+        briers = [r["brier"] for r in rs if r.get("brier") is not None]
+        ends = " ".join(f"{r['final']:.2f}" for r in rs)
         lines.append(f"| {arm} | {len(rs)} | {med([r['start'] for r in rs]):.3f} -> **{med([r['final'] for r in rs]):.3f}** "
+                     f"| {ends} "
                      f"| {med([r['waste'] for r in rs]):.2f} | {med([r['raw_var'] for r in rs]):.3f} / "
-                     f"{med([r['nobase_var'] for r in rs]):.3f} | {med([r['wall'] for r in rs]):.0f} s "
-                     f"| {rs[0]['offline_samples']} |")
+                     f"{med([r['nobase_var'] for r in rs]):.3f} | {f'{med(briers):.3f}' if briers else '-'} "
+                     f"| {med([r['wall'] for r in rs]):.0f} s | {rs[0]['offline_samples']} |")
     spo = [r for r in results if r["arm"] == "SPO 16x1"]
     grpo = [r for r in results if r["arm"] == "GRPO 4x4"]
     if spo and grpo:
@@ -103,6 +121,13 @@ def main():
                   f"every {a.steps // 2 * 16} responses).",
                   f"- wasted share SPO / GRPO 4x4 = {med([r['waste'] for r in spo]):.2f} / "
                   f"{med([r['waste'] for r in grpo]):.2f} (goal: SPO <= 1/3 of GRPO)."]
+        paired = {r["seed"]: r["final"] for r in grpo}
+        diffs = [r["final"] - paired[r["seed"]] for r in spo if r["seed"] in paired]
+        if len(diffs) > 1:                  # a seed fixes the task split and the sampling seeds in every arm
+            mean, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+            lines.append(f"- final SPO - GRPO 4x4, paired by seed: {mean:+.3f} +/- {se:.3f} (s.e., {len(diffs)} seeds); "
+                         + ("within 2 s.e. of zero: this budget does not separate the two arms."
+                            if abs(mean) < 2 * se else "more than 2 s.e. from zero."))
     text = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "compare.md"), "w") as f:
         f.write(text)

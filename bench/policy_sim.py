@@ -164,7 +164,7 @@ def first_reach(curve, target):
 def report(name: str, regime: dict, results: list[dict]) -> list[str]:
     med = statistics.median
     arms = list(dict.fromkeys(r["arm"] for r in results))
-    spo, grpo = arms[0], arms[1]
+    grpo = arms[1]                                  # arms[0] is SPO, arms[1] the reference GRPO arm
     target = med(r["curve"][-1][1] for r in results if r["arm"] == grpo)
     lines = [f"## {name}: {regime['prompts']} prompts, {regime['batch']} responses/step, {regime['steps']} steps, "
              f"n0 = {regime['n0']}, {len({r['seed'] for r in results})} seeds (medians)", "",

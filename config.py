@@ -1,0 +1,199 @@
+"""Every option of train.py in one documented dataclass (CleanRL's `Args`, TRL's `GRPOConfig`), the paper
+profile, and the checks that fail before any model loads.
+
+Option names follow TRL where TRL has one (`epsilon`, `epsilon_high`, `learning_rate`,
+`max_completion_length`, `num_generations` -> here `group_size` for the GRPO baseline).
+`python train.py --help` prints each field with its docstring.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from rollout import EMBEDDED_MODEL
+
+@dataclass
+class Config:
+    profile: str = "auto"
+    """'cpu' (the defaults below), 'paper' (PAPER_PROFILE), or 'auto': paper for any --model but the embedded one"""
+    # --- model and data
+    model: str = EMBEDDED_MODEL
+    """hub id or local folder of the policy; default: the embedded SmolLM2-135M-Instruct (offline)"""
+    dataset: str = "embedded"
+    """'embedded' (procedural arithmetic), a preset (dapo, gsm8k, math), a .jsonl/.parquet/.csv file, or a hub id"""
+    prompt_field: str | None = None
+    """dataset column holding the problem (default: the preset's, else 'prompt')"""
+    answer_field: str | None = None
+    """dataset column holding the answer or solution (default: the preset's, else 'answer')"""
+    eval_dataset: str | None = None
+    """held-out set for other datasets (same field names); embedded: a disjoint generated set"""
+    n_train: int = 64
+    """embedded: training pool size (prompts must recur for a per-prompt tracker)"""
+    n_eval: int = 32
+    """embedded: held-out problems; other datasets: cap on eval problems"""
+    system_prompt: str | None = None
+    """system message for the chat template (None: the template's default)"""
+    enable_thinking: bool | None = None
+    """Qwen3 chat templates: thinking on/off (None: template default)"""
+    format_gate: bool = False
+    """the official reward gate: 0 unless the response has exactly one </think> (thinking models)"""
+    # --- algorithm
+    algo: str = "spo"
+    """'spo' (one response per prompt, tracker baseline) or 'grpo' (group_size responses, group baseline)"""
+    batch_size: int = 16
+    """responses per step (SPO: prompts per step; GRPO: batch_size / group_size prompts x group_size)"""
+    group_size: int = 4
+    """GRPO: responses per prompt"""
+    num_minibatches: int = 2
+    """optimizer steps per epoch over the batch (the paper: 8 updates per rollout step)"""
+    ppo_epochs: int = 1
+    """passes over each batch"""
+    epsilon: float = 0.2
+    """lower clip range, ratio >= 1 - epsilon (Eq. 10)"""
+    epsilon_high: float = 0.28
+    """upper clip range, ratio <= 1 + epsilon_high (Clip-Higher)"""
+    dual_clip: float | None = 10.0
+    """dual-clip constant for negative advantages (verl clip_ratio_c); None disables"""
+    loss_variant: str = "ppo"
+    """'ppo', 'gspo' or 'sapo' (spo.policy_loss)"""
+    offline_samples: int = 4
+    """n0 samples per prompt with the initial policy to initialise the tracker (Eq. 6; the paper: 8); 0 = prior"""
+    offline_values: str | None = None
+    """JSON {prompt: [rewards]} from an earlier --offline-samples run (official format); skips sampling"""
+    rho_min: float = 0.875
+    """tracker forgetting factor lower bound (window 8)"""
+    rho_max: float = 0.96
+    """tracker forgetting factor upper bound (window 25)"""
+    d_half: float = 0.06
+    """drift half-life D_half of the forgetting factor (official code's constant)"""
+    sampling_epsilon: float = 0.05
+    """exploration floor of the prompt weights (Eq. 11)"""
+    uniform_sampling: bool = False
+    """ablation: draw SPO prompts uniformly instead of by Eq. 11"""
+    no_baseline: bool = False
+    """ablation: A = r (v_hat = 0), still batch-normalised"""
+    # --- generation
+    engine: str = "auto"
+    """'hf', 'vllm', or 'auto' (vLLM on CUDA when installed, HF on the CPU where it is faster with LoRA)"""
+    temperature: float = 1.0
+    """training sampling temperature (top-p 1, top-k off)"""
+    max_prompt_length: int = 256
+    """longer prompts are dropped at load, counted and reported"""
+    max_completion_length: int = 24
+    """new tokens per response"""
+    gpu_memory_utilization: float = 0.3
+    """vLLM's share of GPU memory (CUDA)"""
+    sync_check_every: int = 10
+    """compare engine and trainer log-probs every N steps (and after the first swap); 0 = never"""
+    # --- optimisation
+    learning_rate: float = 2e-4
+    """AdamW learning rate (LoRA needs ~100x the paper's full-parameter 1e-6)"""
+    weight_decay: float = 0.01
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient clipping"""
+    lora_r: int = 16
+    """LoRA rank"""
+    lora_alpha: int = 32
+    """LoRA alpha"""
+    lora_dropout: float = 0.0
+    """LoRA dropout"""
+    load_in_4bit: bool = False
+    """QLoRA: NF4 4-bit base (bitsandbytes)"""
+    micro_batch_size: int = 8
+    """sequences per forward/backward (gradient accumulation inside a mini-batch)"""
+    steps: int = 20
+    """training steps"""
+    seed: int = 0
+    """seed for data, sampler and generation"""
+    # --- evaluation, logging, checkpoints
+    eval_every: int = 10
+    """held-out evaluation every N steps (and at start and end); 0 = only start and end"""
+    eval_k: int = 4
+    """samples per held-out problem (avg@k, pass@k, maj@k)"""
+    eval_temperature: float = 1.0
+    """sampling temperature of the held-out evaluation, 0 = greedy (the paper: 0.6 with k = 32)"""
+    output_dir: str = "runs/spo"
+    """where metrics.jsonl, checkpoints, the adapter and the plot go"""
+    save_every: int = 10
+    """checkpoint every N steps (and at the end and on SIGINT/SIGTERM)"""
+    resume: str | None = None
+    """continue the run saved in this output directory"""
+    eval_only: str | None = None
+    """evaluate this adapter folder on the held-out set and exit"""
+    max_bad_steps: int = 3
+    """stop after this many consecutive non-finite losses"""
+    # --- many processes (torchrun --nproc_per_node N train.py ...)
+    deterministic_generation: bool = False
+    """HF engine: sample each prompt alone from its own seed, so results do not depend on batching or on
+    the number of ranks (slower; vLLM always seeds per request)"""
+    dist_check_every: int = 10
+    """compare a hash of tracker, sampler and adapter across ranks every N steps; 0 = never"""
+    dist_timeout: int = 1800
+    """seconds a collective waits for a missing rank before the job fails"""
+
+
+# `python train.py --model Qwen/Qwen3-8B` on a GPU: the paper's run (spec §2.1) on one GPU with QLoRA.
+# Applied by the CLI to every field not given on the command line; the resolved config is printed and saved.
+PAPER_PROFILE = dict(
+    dataset="dapo", eval_dataset="aime24", load_in_4bit=True, engine="vllm", enable_thinking=True, format_gate=True,
+    batch_size=256, num_minibatches=4,          # the paper's ablation setting (App. E): 256 pairs, 4 updates
+    max_prompt_length=2048, max_completion_length=8192,    # the released script's lengths
+    offline_samples=8, temperature=1.0, epsilon=0.2, epsilon_high=0.28,
+    learning_rate=1e-5,                         # paper: 1e-6 full fine-tuning; LoRA needs ~10x more
+    lora_r=32, lora_alpha=64, micro_batch_size=1, steps=500,
+    eval_every=10, eval_k=16, eval_temperature=0.6, n_eval=30, save_every=10,
+    gpu_memory_utilization=0.35,
+)
+
+
+def apply_profile(cfg: Config, argv: list) -> Config:
+    """Fill PAPER_PROFILE into the fields the command line did not set, when the profile says so.
+
+    With --resume the saved run's config.json is the base instead, so `--resume DIR` alone continues
+    the same run, and flags given beside it (e.g. a larger --steps) override it.
+    """
+    given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    saved = os.path.join(cfg.resume or "", "config.json")
+    if cfg.resume and os.path.exists(saved):
+        with open(saved) as f:
+            base = json.load(f)
+        base = {k: v for k, v in base.items() if k in Config.__dataclass_fields__ and k not in given}
+        return dataclasses.replace(cfg, **base)
+    profile = cfg.profile if cfg.profile != "auto" else ("cpu" if cfg.model == EMBEDDED_MODEL else "paper")
+    if profile not in ("cpu", "paper"):
+        raise ConfigError(f"--profile must be auto, cpu or paper, got {cfg.profile!r}")
+    if profile == "paper":
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in PAPER_PROFILE.items() if k not in given})
+    return dataclasses.replace(cfg, profile=profile)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(cfg: Config) -> None:
+    """Impossible settings fail here, before any model loads, naming the flag."""
+    def need(ok, msg):
+        if not ok:
+            raise ConfigError(msg)
+    need(cfg.algo in ("spo", "grpo"), f"--algo must be spo or grpo, got {cfg.algo!r}")
+    need(cfg.loss_variant in ("ppo", "gspo", "sapo"), f"--loss-variant must be ppo, gspo or sapo, got {cfg.loss_variant!r}")
+    need(cfg.engine in ("auto", "hf", "vllm"), f"--engine must be auto, hf or vllm, got {cfg.engine!r}")
+    need(cfg.batch_size > 0 and cfg.steps >= 0, "--batch-size must be > 0 and --steps >= 0")
+    if cfg.algo == "grpo":
+        need(cfg.group_size >= 2 and cfg.batch_size % cfg.group_size == 0,
+             f"--group-size {cfg.group_size} must be >= 2 and divide --batch-size {cfg.batch_size}")
+    need(cfg.batch_size % cfg.num_minibatches == 0,
+         f"--num-minibatches {cfg.num_minibatches} must divide --batch-size {cfg.batch_size}")
+    prompts = cfg.batch_size // (cfg.group_size if cfg.algo == "grpo" else 1)
+    if cfg.dataset == "embedded":
+        need(prompts <= cfg.n_train, f"--batch-size {cfg.batch_size} needs {prompts} distinct prompts a step "
+             f"but the pool has --n-train {cfg.n_train}")
+    need(0 < cfg.rho_min <= cfg.rho_max < 1, "need 0 < --rho-min <= --rho-max < 1")
+    need(cfg.offline_samples >= 0 and cfg.eval_k >= 1, "--offline-samples must be >= 0 and --eval-k >= 1")
+    for flag in ("offline_values", "resume", "eval_only"):
+        path = getattr(cfg, flag)
+        need(path is None or os.path.exists(path), f"--{flag.replace('_', '-')} {path}: no such file or folder")

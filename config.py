@@ -102,6 +102,9 @@ class Config:
     """LoRA dropout"""
     load_in_4bit: bool = False
     """QLoRA: NF4 4-bit base (bitsandbytes)"""
+    init_adapter: str | None = None
+    """start from this LoRA adapter folder (an SFT or earlier run's adapter/, same --lora-r); the optimizer,
+    tracker and step count start fresh"""
     micro_batch_size: int = 8
     """sequences per forward/backward (gradient accumulation inside a mini-batch)"""
     steps: int = 20
@@ -194,6 +197,6 @@ def validate(cfg: Config) -> None:
              f"but the pool has --n-train {cfg.n_train}")
     need(0 < cfg.rho_min <= cfg.rho_max < 1, "need 0 < --rho-min <= --rho-max < 1")
     need(cfg.offline_samples >= 0 and cfg.eval_k >= 1, "--offline-samples must be >= 0 and --eval-k >= 1")
-    for flag in ("offline_values", "resume", "eval_only"):
+    for flag in ("offline_values", "resume", "eval_only", "init_adapter"):
         path = getattr(cfg, flag)
         need(path is None or os.path.exists(path), f"--{flag.replace('_', '-')} {path}: no such file or folder")

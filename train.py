@@ -130,6 +130,20 @@ def evaluate(cfg: Config, engine, held, fmt) -> dict:
 # ============================================================== checkpoints
 
 
+def load_adapter(model, folder: str, lora_r: int) -> None:
+    """LoRA weights saved by save_pretrained (a checkpoint, --eval-only, --init-adapter) into the policy."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    files = [os.path.join(folder, n) for n in ("adapter_config.json", "adapter_model.safetensors")]
+    if not all(os.path.exists(f) for f in files):
+        raise ConfigError(f"{folder}: not a LoRA adapter folder (needs adapter_config.json and adapter_model.safetensors)")
+    with open(files[0]) as f:
+        r = json.load(f).get("r")
+    if r != lora_r:
+        raise ConfigError(f"{folder}: adapter has LoRA rank {r}, but --lora-r is {lora_r}; pass --lora-r {r}")
+    set_peft_model_state_dict(model, load_file(files[1]))
+
+
 def save_checkpoint(cfg, step, model, opt, tracker, sampler, stored, history) -> None:
     """Atomically: write everything to ckpt.tmp, then swap it in with renames."""
     final, tmp, old = (os.path.join(cfg.output_dir, n) for n in ("ckpt", "ckpt.tmp", "ckpt.old"))
@@ -170,11 +184,9 @@ def train(cfg: Config) -> dict:
         ckpt_dir, state = load_checkpoint(cfg.resume)
     model, tok, path = load_policy(cfg.model, LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
                                    cfg.load_in_4bit)
-    if state is not None or cfg.eval_only:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-        adapter = os.path.join(ckpt_dir, "adapter") if state is not None else cfg.eval_only
-        set_peft_model_state_dict(model, load_file(os.path.join(adapter, "adapter_model.safetensors")))
+    adapter = os.path.join(ckpt_dir, "adapter") if state is not None else cfg.eval_only or cfg.init_adapter
+    if adapter:
+        load_adapter(model, adapter, cfg.lora_r)
     train_tasks, held, fmt = load_data(cfg, tok)
     engine = make_engine(cfg.engine, model, tok, path, max_prompt_length=cfg.max_prompt_length,
                          max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed + dist.rank,

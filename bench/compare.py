@@ -45,7 +45,7 @@ def run(name: str, seed: int, a, out: str) -> dict:
     slug = re.sub(r"[^\w.-]+", "_", name)                                  # "SPO w/o baseline" -> SPO_w_o_baseline
     cfg = T.Config(seed=seed, steps=a.steps, eval_every=a.steps // 2, eval_k=a.eval_k, n_eval=a.n_eval,
                    save_every=0, output_dir=os.path.join(out, "runs", f"{slug}-s{seed}"),
-                   **ARMS[name])
+                   init_adapter=a.init_adapter, **ARMS[name])
     t = time.time()
     res = T.train(cfg)
     wall = time.time() - t
@@ -72,6 +72,8 @@ def main():
     p.add_argument("--n-eval", type=int, default=32)
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     p.add_argument("--report-only", action="store_true", help="re-render compare.md/png from compare_runs.jsonl")
+    p.add_argument("--init-adapter", help="start every arm from this LoRA adapter (e.g. runs/spo/adapter of a "
+                   "default `python train.py`): a policy that already answers in format")
     p.add_argument("--arms", nargs="+", choices=list(ARMS), metavar="ARM",
                    help="run only these arms (all --seeds each) and append them to compare_runs.jsonl")
     a = p.parse_args()
@@ -84,7 +86,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     log = os.path.join(a.out, "compare_runs.jsonl")
     results = []
-    if a.report_only or a.arms:                                             # re-render / extend finished runs
+    if (a.report_only or a.arms) and os.path.exists(log):                  # re-render / extend finished runs
         with open(log) as f:
             results = [r for r in map(json.loads, f) if not (a.arms and r["arm"] in a.arms)]
     with open(log, "w") as f:                                               # keep what is not being re-run
@@ -98,7 +100,7 @@ def main():
     arms = list(dict.fromkeys(r["arm"] for r in results))
     med = lambda xs: statistics.median(xs)  # noqa: E731
     lines = [f"# SPO vs GRPO on the embedded task ({a.steps} steps x 16 responses, held-out avg@{a.eval_k}, "
-             f"{a.n_eval} problems)", "",
+             f"{a.n_eval} problems{', warm start from ' + a.init_adapter if a.init_adapter else ''})", "",
              "| arm | seeds | held-out start -> end (median) | end per seed | wasted share "
              "| adv. variance / no-baseline variance | tracker Brier | wall | offline-init samples |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -66,6 +66,14 @@ def test_spo_run_end_to_end(tmp_path):
     T.train(T.Config(steps=0, output_dir=again, offline_values=os.path.join(run, "offline_values.json"), **TINY))
     st = torch.load(os.path.join(again, "ckpt", "state.pt"), weights_only=False)["tracker"]
     assert st["alpha"] == pytest.approx([8 * (sum(table[k]) + 0.5) / 3 for k in st["keys"]])
+    # the saved adapter evaluates as it did at the end of the run, alone and as the start of a new run
+    adapter = os.path.join(run, "adapter")
+    assert T.train(T.Config(eval_only=adapter, output_dir=str(tmp_path / "ev"), **TINY)) == res["final_eval"]
+    warm = str(tmp_path / "warm")
+    T.train(T.Config(steps=0, init_adapter=adapter, output_dir=warm, **{**TINY, "offline_samples": 0}))
+    assert {k: v for k, v in _metrics(warm)[0].items() if k != "step"} == res["final_eval"]
+    with pytest.raises(T.ConfigError, match="adapter has LoRA rank 16, but --lora-r is 8; pass --lora-r 16"):
+        T.train(T.Config(init_adapter=adapter, lora_r=8, output_dir=warm, **TINY))
 
 
 def test_grpo_run_same_loop(tmp_path):

@@ -124,6 +124,9 @@ class Config:
     """checkpoint every N steps (and at the end and on SIGINT/SIGTERM)"""
     resume: str | None = None
     """continue the run saved in this output directory"""
+    overwrite: bool = False
+    """start a fresh run in an --output-dir that already holds one (its checkpoint, adapter and metrics
+    are replaced); without it that is refused, so a finished run is never clobbered by accident"""
     eval_only: str | None = None
     """evaluate this adapter folder on the held-out set and exit"""
     max_bad_steps: int = 3
@@ -200,3 +203,7 @@ def validate(cfg: Config) -> None:
     for flag in ("offline_values", "resume", "eval_only", "init_adapter"):
         path = getattr(cfg, flag)
         need(path is None or os.path.exists(path), f"--{flag.replace('_', '-')} {path}: no such file or folder")
+    if not (cfg.resume or cfg.eval_only or cfg.overwrite):
+        held = [n for n in ("ckpt", "ckpt.old", "adapter") if os.path.exists(os.path.join(cfg.output_dir, n))]
+        need(not held, f"--output-dir {cfg.output_dir} already holds a run ({held[0] if held else ''}/): continue it "
+             f"with --resume {cfg.output_dir}, or pass --overwrite to start over")

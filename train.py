@@ -417,7 +417,7 @@ class Logger:
                 keep = [line for line in f if json.loads(line)["step"] <= start]
             with open(path, "w") as f:
                 f.writelines(keep)
-        self.file = open(path, "a")
+        self.file = open(path, "a" if start else "w")    # a fresh run (--overwrite) starts a fresh log
         self.live = None
         if sys.stdout.isatty():
             from rich.live import Live

@@ -3,6 +3,8 @@
     python bench/compare.py            # 3 seeds x (SPO 16x1, GRPO 4x4, GRPO 2x8) + 3 ablations, ~66 min on 2 cores
     python bench/compare.py --quick    # SPO vs GRPO 4x4, one seed, ~10 min
     python bench/compare.py --arms "SPO fast tracker (rho 0.5)"   # add arms to the recorded runs
+    # from a policy that already answers in format (the adapter of a default `python train.py`), ~45 min:
+    python bench/compare.py --init-adapter runs/spo/adapter --eval-every 2 --arms "SPO 16x1" "GRPO 4x4" --out bench/results/warm_start
 
 Every arm samples the same number of responses per step (16) and in total, with the same model, learning
 rate, loss and seeds; only the prompt sampling and the baseline differ (train.py --algo). Reports held-out
@@ -43,9 +45,9 @@ DIAGNOSIS = ["SPO fast tracker (rho 0.5)"]  # run with --arms, not part of the d
 def run(name: str, seed: int, a, out: str) -> dict:
     import train as T
     slug = re.sub(r"[^\w.-]+", "_", name)                                  # "SPO w/o baseline" -> SPO_w_o_baseline
-    cfg = T.Config(seed=seed, steps=a.steps, eval_every=a.steps // 2, eval_k=a.eval_k, n_eval=a.n_eval,
+    cfg = T.Config(seed=seed, steps=a.steps, eval_every=a.eval_every or a.steps // 2, eval_k=a.eval_k, n_eval=a.n_eval,
                    save_every=0, output_dir=os.path.join(out, "runs", f"{slug}-s{seed}"),
-                   init_adapter=a.init_adapter, **ARMS[name])
+                   init_adapter=a.init_adapter, overwrite=True, **ARMS[name])
     t = time.time()
     res = T.train(cfg)
     wall = time.time() - t
@@ -69,6 +71,7 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)  # ~5.5 min a run on 2 cores: 12 runs ~ 66 min
     p.add_argument("--eval-k", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=0, help="held-out eval every N steps (default: steps // 2)")
     p.add_argument("--n-eval", type=int, default=32)
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     p.add_argument("--report-only", action="store_true", help="re-render compare.md/png from compare_runs.jsonl")
@@ -116,16 +119,16 @@ def main():
     spo = [r for r in results if r["arm"] == "SPO 16x1"]
     grpo = [r for r in results if r["arm"] == "GRPO 4x4"]
     if spo and grpo:
-        target = med([r["final"] for r in grpo])
-        first = [next((n for n, v in r["evals"] if v >= target), None) for r in spo]
-        lines += ["", f"- GRPO 4x4 final accuracy {target:.3f}; SPO reached it after "
-                  f"{', '.join(f'{x} responses' if x is not None else 'not within the run' for x in first)} (per seed; evals "
-                  f"every {a.steps // 2 * 16} responses).",
+        paired = {r["seed"]: r["final"] for r in grpo}          # a seed fixes the task split and sampling seeds
+        reach = [(r["seed"], next((n for n, v in r["evals"] if v >= paired[r["seed"]]), None))
+                 for r in spo if r["seed"] in paired]
+        lines += ["", f"- responses SPO needed to reach the same seed's GRPO 4x4 final accuracy (GRPO used "
+                  f"{a.steps * 16}; evals every {(a.eval_every or a.steps // 2) * 16}): "
+                  + ", ".join(f"seed {s}: {n if n is not None else 'not within the run'}" for s, n in reach) + ".",
                   f"- wasted share SPO / GRPO 4x4 = {med([r['waste'] for r in spo]):.2f} / "
                   f"{med([r['waste'] for r in grpo]):.2f} (goal: SPO <= 1/3 of GRPO)."]
-        paired = {r["seed"]: r["final"] for r in grpo}
         diffs = [r["final"] - paired[r["seed"]] for r in spo if r["seed"] in paired]
-        if len(diffs) > 1:                  # a seed fixes the task split and the sampling seeds in every arm
+        if len(diffs) > 1:
             mean, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
             lines.append(f"- final SPO - GRPO 4x4, paired by seed: {mean:+.3f} +/- {se:.3f} (s.e., {len(diffs)} seeds); "
                          + ("within 2 s.e. of zero: this budget does not separate the two arms."

@@ -23,7 +23,8 @@ def child(length: int, steps: int, algo: str, out_dir: str) -> None:
     import numpy as np
     import train as T
     res = T.train(T.Config(algo=algo, steps=steps, max_completion_length=length, offline_samples=0, n_eval=0,
-                           eval_every=0, save_every=0, output_dir=out_dir, sync_check_every=0))
+                           eval_every=0, save_every=0, output_dir=out_dir, sync_check_every=0,
+                           overwrite=True))
     rows = res["history"][1:] or res["history"]
     med = {k: float(np.median([r.get(k, 0.0) for r in rows])) for k in PARTS + ["time/step", "response_length"]}
     med["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -73,7 +73,12 @@ def test_spo_run_end_to_end(tmp_path):
     T.train(T.Config(steps=0, init_adapter=adapter, output_dir=warm, **{**TINY, "offline_samples": 0}))
     assert {k: v for k, v in _metrics(warm)[0].items() if k != "step"} == res["final_eval"]
     with pytest.raises(T.ConfigError, match="adapter has LoRA rank 16, but --lora-r is 8; pass --lora-r 16"):
-        T.train(T.Config(init_adapter=adapter, lora_r=8, output_dir=warm, **TINY))
+        T.train(T.Config(init_adapter=adapter, lora_r=8, output_dir=str(tmp_path / "r8"), **TINY))
+    # a finished run is not clobbered by a fresh one in the same folder; --overwrite starts over, new log
+    with pytest.raises(T.ConfigError, match=f"--output-dir {warm} already holds a run .*--resume {warm}.*--overwrite"):
+        T.train(T.Config(steps=0, output_dir=warm, **TINY))
+    T.train(T.Config(steps=0, output_dir=warm, overwrite=True, **{**TINY, "offline_samples": 0}))
+    assert [m["step"] for m in _metrics(warm)] == [0, 0]     # eval at start and at the end of 0 steps
 
 
 def test_grpo_run_same_loop(tmp_path):

@@ -1,4 +1,4 @@
-"""Train a policy with SPO (or GRPO, for comparison): one file, one step readable top to bottom.
+"""Train a policy with SPO (or GRPO, for comparison): one step readable top to bottom.
 
     python train.py                                   # embedded SmolLM2-135M + arithmetic, CPU, minutes
     python train.py --algo grpo --group-size 4        # the group baseline, everything else identical

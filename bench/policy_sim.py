@@ -201,8 +201,9 @@ def main():
     for ax, name in zip(axes[0], a.regimes):
         regime = REGIMES[name]
         results = [run(regime, arm, s) for arm in arms_for(regime) for s in range(a.seeds)]
-        lines += report(name, regime, results)
-        print("\n".join(report(name, regime, results)), flush=True)
+        table = report(name, regime, results)
+        lines += table
+        print("\n".join(table), flush=True)
         for arm in dict.fromkeys(r["arm"] for r in results):
             rs = [r for r in results if r["arm"] == arm]
             xs = [n for n, _ in rs[0]["curve"]]

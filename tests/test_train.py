@@ -133,3 +133,18 @@ def test_paper_profile_fills_only_what_the_command_line_left_open():
     assert cpu.profile == "cpu" and cpu == dataclasses.replace(T.Config(), profile="cpu")
     with pytest.raises(T.ConfigError, match="--profile"):
         T.apply_profile(T.Config(profile="gpu"), [])
+
+
+def test_loop_matches_recorded_reference(tmp_path):
+    """The training step, however it is organised, does what the recorded code did: same metrics, tracker,
+    sampler state and adapter for a seeded CPU run (tests/record_reference.py wrote the fixture)."""
+    import record_reference as R
+    with open(os.path.join(ROOT, "tests", "fixtures", "reference_runs.json")) as f:
+        ref = json.load(f)
+    for name, want in ref.items():
+        got = R.run(name, str(tmp_path / name), **R.LEGACY)
+        assert got["tracker"] == want["tracker"] and got["sampler"] == want["sampler"], name
+        assert len(got["metrics"]) == len(want["metrics"]), name
+        for g, w in zip(got["metrics"], want["metrics"]):
+            assert {k: g[k] for k in w} == pytest.approx(w, rel=1e-6, abs=1e-9, nan_ok=True), (name, w["step"])
+        assert got["adapter_sums"] == pytest.approx(want["adapter_sums"], rel=1e-6, abs=1e-9), name

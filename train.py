@@ -6,14 +6,15 @@
     python train.py --resume runs/spo                 # continue exactly where a run stopped
     python train.py --eval-only runs/spo/adapter      # held-out avg@k / pass@k / maj@k of a saved adapter
 
-One SPO step (paper Alg. 1, in the order of the official code):
-  1. draw B prompts with weights sqrt(v(1-v)) + eps from the tracker       (Eq. 11)   sampler.py
-  2. generate ONE response per prompt                                                 rollout.py
-  3. reward; A = r - v_hat_{-1}, normalised over the batch                  (Eq. 8-9)  spo.py
-  4. old log-probs, PPO-clip mini-batch updates                              (Eq. 10)   spo.py
-  5. drift D per prompt on its stored previous response, rho, tracker update (Eq. 5)    tracker.py
-  6. adapter to the engine; metrics; checkpoint when due
-Options live in config.py (one documented dataclass); torchrun plumbing in dist.py.
+One SPO step (paper Alg. 1, in the order of the official code) is `Trainer.step`, a phase a method:
+  1. draw         B prompts with weights sqrt(v(1-v)) + eps from the tracker      (Eq. 11)   sampler.py
+  2. collect      ONE response per prompt                                                    rollout.py
+  3. advantages   reward; A = r - v_hat_{-1}, normalised over the batch           (Eq. 8-9)  spo.py
+  4. update       old log-probs, PPO-clip mini-batch updates                      (Eq. 10)   spo.py
+  5. track        drift D per prompt on its stored previous response, rho, tracker update (Eq. 5) tracker.py
+  6. sync_engine  adapter to the engine (and the engine-vs-trainer check); then metrics, checkpoint
+Options live in config.py (one documented dataclass), torchrun plumbing in dist.py, what a run writes
+(metrics, dashboard, checkpoints) in run_dir.py.
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ import torch
 from config import Config, ConfigError, apply_profile, validate  # noqa: F401 (train.Config etc. for callers)
 from data import RewardFn, chat_prompt, embedded_tasks, extract_answer, load_tasks, majority_correct, pass_at_k
 from dist import Dist, state_hash
+from run_dir import Logger, load_adapter, load_checkpoint, plot, save_checkpoint
 from rollout import LoraArgs, check_sync, load_policy, make_engine, sequence_logprobs
 from sampler import PrioritizedSampler, priority_weights
 from spo import degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages
@@ -127,49 +129,232 @@ def evaluate(cfg: Config, engine, held, fmt) -> dict:
     return {f"eval/avg@{k}": avg / n, f"eval/pass@{k}": pas / n, f"eval/maj@{k}": maj / n}
 
 
-# ============================================================== checkpoints
+# ============================================================== one step, as named phases
 
 
-def load_adapter(model, folder: str, lora_r: int) -> None:
-    """LoRA weights saved by save_pretrained (a checkpoint, --eval-only, --init-adapter) into the policy."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    files = [os.path.join(folder, n) for n in ("adapter_config.json", "adapter_model.safetensors")]
-    if not all(os.path.exists(f) for f in files):
-        raise ConfigError(f"{folder}: not a LoRA adapter folder (needs adapter_config.json and adapter_model.safetensors)")
-    with open(files[0]) as f:
-        r = json.load(f).get("r")
-    if r != lora_r:
-        raise ConfigError(f"{folder}: adapter has LoRA rank {r}, but --lora-r is {lora_r}; pass --lora-r {r}")
-    set_peft_model_state_dict(model, load_file(files[1]))
+@dataclass
+class Batch:
+    """What one step carries from phase to phase. Rows are global (B) unless marked "this rank's"."""
+    tasks: list                          # [B] Task
+    keys: list                           # [B] prompt texts, the tracker's keys
+    samples: list = None                 # this rank's responses (rows `mine` of the batch)
+    rewards: np.ndarray = None           # [B] r in {0, 1}
+    v_prev: np.ndarray = None            # [B] v_hat_{-1}: tracker values before this step's rewards (SPO)
+    adv: torch.Tensor = None             # [B] normalised advantages (Eq. 9)
+    raw: np.ndarray = None               # [B] unnormalised advantages r - baseline
 
 
-def save_checkpoint(cfg, step, model, opt, tracker, sampler, stored, history) -> None:
-    """Atomically: write everything to ckpt.tmp, then swap it in with renames."""
-    final, tmp, old = (os.path.join(cfg.output_dir, n) for n in ("ckpt", "ckpt.tmp", "ckpt.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(os.path.join(tmp, "adapter"))
-    torch.save({"step": step, "optimizer": opt.state_dict(), "tracker": tracker.state_dict(),
-                "sampler": sampler.state_dict(), "stored": stored, "history": history,
-                "config": dataclasses.asdict(cfg)}, os.path.join(tmp, "state.pt"))
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+class Trainer:
+    """The run's state in one place (policy, engine, tracker, sampler, optimizer, stored responses,
+    history) and one training step as named phases, read top to bottom in `step`:
 
+        draw -> collect -> advantages -> update -> track -> sync_engine -> summarise
 
-def load_checkpoint(run_dir: str):
-    for name in ("ckpt", "ckpt.old"):          # ckpt.old survives a kill between the two renames
-        path = os.path.join(run_dir, name)
-        if os.path.exists(os.path.join(path, "state.pt")):
-            return path, torch.load(os.path.join(path, "state.pt"), weights_only=False)
-    raise ConfigError(f"--resume {run_dir}: no checkpoint in it (expected {run_dir}/ckpt/state.pt)")
+    A new collector replaces `collect`, a new estimator `advantages`; the other phases stay as they are.
+    """
+
+    def __init__(self, cfg: Config, dist: Dist, model, tok, engine, train_tasks, held, fmt):
+        self.cfg, self.dist, self.model, self.tok, self.engine = cfg, dist, model, tok, engine
+        self.train_tasks, self.held, self.fmt = train_tasks, held, fmt
+        self.keys = [t.prompt for t in train_tasks]
+        self.reward_fn = RewardFn(cfg.format_gate)
+        self.tracker = ValueTracker(cfg.rho_min, cfg.rho_max, cfg.d_half)
+        self.sampler = PrioritizedSampler(cfg.seed)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.stored = {}       # prompt -> (prompt_ids, completion_ids, log-probs after the update at its last visit)
+        self.history = []      # one metrics dict per step
+        self.mine = list(range(dist.rank, cfg.batch_size, dist.world))   # this rank's rows of every batch
+        self.bad_steps = 0     # consecutive steps with a skipped (non-finite) update
+        self.start = 0         # the step a resumed run continues after
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "tracker": self.tracker.state_dict(),
+                "sampler": self.sampler.state_dict(), "stored": self.stored, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.stored, self.history, self.start = state["stored"], state["history"], state["step"]
+
+    def step(self, step: int) -> tuple[dict, Batch]:
+        m = {"step": step}
+        batch = self.draw(m)                 # 1. prompts (Eq. 11)
+        self.collect(batch, step, m)         # 2. one response per prompt
+        self.advantages(batch, m)            # 3. rewards, A = r - v_hat_{-1}, normalised (Eq. 8-9)
+        self.update(batch, step, m)          # 4. PPO-clip mini-batch updates (Eq. 10)
+        self.track(batch, m)                 # 5. drift D, rho, tracker update (Eq. 5)
+        self.sync_engine(batch, step, m)     # 6. adapter to the engine, sync self-test
+        self.summarise(batch, m)
+        self.history.append(m)
+        return m, batch
+
+    # ---- 1. prompts: Eq. 11 weights from the tracker (SPO) or uniform (GRPO); same draw on every rank
+    def draw(self, m: dict) -> Batch:
+        cfg, t0 = self.cfg, time.time()
+        B = cfg.batch_size
+        if cfg.algo == "spo" and not cfg.uniform_sampling:
+            idx = self.sampler.sample(priority_weights(self.tracker.value(self.keys), cfg.sampling_epsilon), B)
+        elif cfg.algo == "spo":
+            idx = self.sampler.uniform(len(self.keys), B)
+        else:
+            idx = np.repeat(self.sampler.uniform(len(self.keys), B // cfg.group_size), cfg.group_size)
+        tasks = [self.train_tasks[i] for i in idx]
+        m["time/tracker"] = time.time() - t0                                 # tracker + sampler bookkeeping
+        return Batch(tasks, [t.prompt for t in tasks])
+
+    # ---- 2. generate one response per prompt (GRPO: each prompt group_size times), this rank's rows
+    def collect(self, batch: Batch, step: int, m: dict) -> None:
+        cfg, t0 = self.cfg, time.time()
+        base_seed = cfg.seed * 1_000_003 + step * 10_007
+        batch.samples = self.engine.generate(
+            [self.fmt[batch.keys[j]] for j in self.mine], cfg.max_completion_length, cfg.temperature,
+            seed=base_seed + self.dist.rank, seeds=[base_seed + j for j in self.mine]
+            if cfg.deterministic_generation or self.engine.name == "vllm" else None)
+        m["time/generate"] = time.time() - t0
+        self.engine.sleep()                  # vLLM on CUDA: free the KV cache, offload weights while training
+
+    # ---- 3. rewards (gathered: the batch is global) and advantages
+    def advantages(self, batch: Batch, m: dict) -> None:
+        cfg = self.cfg
+        local_r = [self.reward_fn(s.text, batch.tasks[j].answer) for s, j in zip(batch.samples, self.mine)]
+        r = batch.rewards = np.array(self.dist.rows(local_r, cfg.batch_size))
+        batch.v_prev = self.tracker.value(batch.keys)                        # v_hat_{-1}: before this reward
+        if cfg.algo == "spo":
+            base = np.zeros_like(batch.v_prev) if cfg.no_baseline else batch.v_prev
+            batch.adv = spo_advantages(r, base)                              # Eq. 8-9, over the global batch
+            batch.raw = r - base
+        else:
+            G = cfg.group_size
+            batch.adv = grpo_advantages(r, G)
+            batch.raw = r - r.reshape(-1, G).mean(1).repeat(G)
+            m["grpo/degenerate_share"] = degenerate_share(r, G)
+
+    # ---- 4. old log-probs, then PPO-clip mini-batch updates (Eq. 10); gradients summed over ranks
+    def update(self, batch: Batch, step: int, m: dict) -> None:
+        cfg, dist, model, t0 = self.cfg, self.dist, self.model, time.time()
+        B, pad = cfg.batch_size, self.tok.pad_token_id
+        p_ids, c_ids = [s.prompt_ids for s in batch.samples], [s.completion_ids for s in batch.samples]
+        model.train()
+        with torch.no_grad():
+            old_logp, mask = sequence_logprobs(model, p_ids, c_ids, pad, cfg.temperature, cfg.micro_batch_size)
+        self.stats, skipped = [], 0
+        mb = B // cfg.num_minibatches
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(B, generator=torch.Generator().manual_seed(step))
+            for s in range(0, B, mb):
+                rows = [j // dist.world for j in perm[s:s + mb].tolist() if j % dist.world == dist.rank]  # local
+                if cfg.loss_variant == "gspo":
+                    norm = float(min(mb, B - s))                              # sequences in the global mini-batch
+                else:
+                    norm = dist.sum(mask[rows].sum().reshape(1)).item()      # tokens in the global mini-batch
+                total = torch.zeros(1)
+                for u in range(0, len(rows), cfg.micro_batch_size):
+                    r = rows[u:u + cfg.micro_batch_size]
+                    logp, mk = sequence_logprobs(model, [p_ids[i] for i in r], [c_ids[i] for i in r], pad,
+                                                 cfg.temperature, cfg.micro_batch_size)
+                    loss, st = policy_loss(logp, old_logp[r, :logp.shape[1]], batch.adv[[self.mine[i] for i in r]],
+                                           mk, cfg.epsilon, cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant,
+                                           normalizer=norm)
+                    loss.backward()
+                    total += loss.item()
+                    self.stats.append(st)
+                dist.sum_grads(self.params)                                   # explicit all-reduce of LoRA grads
+                total = dist.sum(total).item()
+                if not math.isfinite(total):                                 # every rank sees the same sum
+                    self.opt.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
+                m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                m["loss"] = total
+        m["time/train"] = time.time() - t0
+        m["nonfinite_loss_updates"] = skipped
+        self.bad_steps = self.bad_steps + 1 if skipped else 0
+        if self.bad_steps >= cfg.max_bad_steps:
+            raise RuntimeError(f"stopping: {self.bad_steps} consecutive steps with a non-finite loss (step {step}); "
+                               f"the last checkpoint is in {cfg.output_dir}/ckpt")
+
+    # ---- 5. drift on each prompt's stored previous response, then the tracker (Eq. 5)
+    def track(self, batch: Batch, m: dict) -> None:
+        cfg, dist, t0 = self.cfg, self.dist, time.time()
+        if cfg.algo == "spo":
+            B, mine = cfg.batch_size, self.mine
+            p_ids, c_ids = [s.prompt_ids for s in batch.samples], [s.completion_ids for s in batch.samples]
+            prev = [self.stored.get(batch.keys[j]) for j in mine]
+            seen = [i for i, p in enumerate(prev) if p is not None]
+            with torch.no_grad():                       # one pass: stored responses + this step's
+                both_p = [prev[i][0] for i in seen] + p_ids
+                both_c = [prev[i][1] for i in seen] + c_ids
+                now, nmask = sequence_logprobs(self.model, both_p, both_c, self.tok.pad_token_id, cfg.temperature,
+                                               cfg.micro_batch_size)
+            m["time/drift"] = time.time() - t0
+            t0 = time.time()
+            local_d = np.zeros(len(mine))
+            if seen:
+                then = torch.zeros(len(seen), now.shape[1])
+                for k, i in enumerate(seen):
+                    then[k, :len(prev[i][2])] = torch.tensor(prev[i][2])
+                local_d[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).numpy()
+            new = [(p_ids[i], c_ids[i], now[len(seen) + i, :len(c_ids[i])].tolist()) for i in range(len(mine))]
+            for j, entry in zip(range(B), dist.rows(new, B)):  # store for the next visit, on every rank
+                self.stored[batch.keys[j]] = entry
+            drift = np.array(dist.rows(local_d.tolist(), B))
+            first = np.array(dist.rows([p is None for p in prev], B))
+            rho = self.tracker.update(batch.keys, batch.rewards, drift)
+            m.update({"spo/rho_mean": float(rho.mean()), "spo/rho_min": float(rho.min()),
+                      "spo/rho_max": float(rho.max()),
+                      "spo/drift_mean": float(drift[~first].mean()) if (~first).any() else 0.0,
+                      "spo/first_visit_share": float(first.mean()),
+                      "spo/n_eff_mean": float(self.tracker.effective_size(batch.keys).mean())})
+        m["time/tracker"] += time.time() - t0
+
+    # ---- 6. adapter to the engine; the engine-vs-trainer log-prob check when due
+    def sync_engine(self, batch: Batch, step: int, m: dict) -> None:
+        cfg, dist = self.cfg, self.dist
+        if cfg.dist_check_every and dist.world > 1 and step % cfg.dist_check_every == 0:
+            dist.check_same(state_hash(self.tracker, self.sampler, self.model),
+                            f"tracker/sampler/adapter state at step {step}")
+        self.engine.wake_up()
+        self.engine.load_adapter(self.model)
+        if cfg.sync_check_every and self.engine.name != "hf" and \
+                (step == self.start + 1 or step % cfg.sync_check_every == 0):
+            again = self.engine.generate([self.fmt[batch.keys[j]] for j in self.mine[:4]],
+                                         cfg.max_completion_length, cfg.temperature, seed=step)
+            m.update({f"sync/{k}": v for k, v in check_sync(self.model, again, self.tok.pad_token_id,
+                                                            cfg.temperature).items()})
+
+    # ---- the step's metrics (metrics.jsonl; README "Metrics")
+    def summarise(self, batch: Batch, m: dict) -> None:
+        cfg, dist, B = self.cfg, self.dist, self.cfg.batch_size
+        lens = np.array(dist.rows([len(s.completion_ids) for s in batch.samples], B))
+        truncated = dist.rows([s.finish_reason == "length" for s in batch.samples], B)
+        r, norm_adv = batch.rewards, batch.adv.numpy()
+        m.update({
+            "reward": float(r.mean()),
+            "adv/raw_var": float(np.var(batch.raw)),
+            "adv/noBaseline_var": float(np.var(r)),
+            "adv/near_zero_0.02": float(np.mean(np.abs(norm_adv) < 0.02)),
+            "adv/near_zero_1e-4": float(np.mean(np.abs(norm_adv) < 1e-4)),
+            "tracker/brier": float(np.mean((batch.v_prev - r) ** 2)) if cfg.algo == "spo" else float("nan"),
+            "response_length": float(lens.mean()),
+            "truncation_rate": float(np.mean(truncated)),
+            "tokens_per_s": float(lens.sum() / max(m["time/generate"], 1e-9)),
+            "reward_errors": self.reward_fn.errors,
+        })
+        for name in ("clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"):
+            vals = [s[name] for s in self.stats if name in s]
+            if vals:
+                m[f"loss/{name}"] = float(np.mean(vals))
 
 
 # ============================================================== the training loop
 
 
 def train(cfg: Config) -> dict:
+    """Set up, then: step, log, evaluate and checkpoint when due; stop cleanly on SIGINT/SIGTERM."""
     validate(cfg)
     dist = Dist(cfg.dist_timeout)
     if cfg.batch_size % dist.world:
@@ -200,24 +385,14 @@ def train(cfg: Config) -> dict:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
     dist.say("config:", json.dumps(dataclasses.asdict(cfg)))
 
-    reward_fn = RewardFn(cfg.format_gate)
-    keys = [t.prompt for t in train_tasks]
-    tracker = ValueTracker(cfg.rho_min, cfg.rho_max, cfg.d_half)
-    sampler = PrioritizedSampler(cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    stored = {}            # prompt -> (prompt_ids, completion_ids, log-probs after the update at its last visit)
-    history, start = [], 0
+    tr = Trainer(cfg, dist, model, tok, engine, train_tasks, held, fmt)
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        tracker.load_state_dict(state["tracker"])
-        sampler.load_state_dict(state["sampler"])
-        stored, history, start = state["stored"], state["history"], state["step"]
-        dist.say(f"resumed from {ckpt_dir} at step {start}")
+        tr.load_state_dict(state)
+        dist.say(f"resumed from {ckpt_dir} at step {tr.start}")
     elif cfg.algo == "spo":
-        offline_init(cfg, tracker, engine, train_tasks, fmt, reward_fn, dist)
-    log = Logger(cfg, start) if dist.main else None
-    if start == 0 and dist.main:
+        offline_init(cfg, tr.tracker, engine, train_tasks, fmt, tr.reward_fn, dist)
+    log = Logger(cfg, tr.start) if dist.main else None
+    if tr.start == 0 and dist.main:
         log.eval(0, evaluate(cfg, engine, held, fmt))
 
     stop = {"signal": None}
@@ -229,155 +404,24 @@ def train(cfg: Config) -> dict:
         dist.say(f"\n{stop['signal']}: finishing step, then saving a checkpoint (again to stop at once)")
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    bad_steps = 0
-    pad = tok.pad_token_id
-    B = cfg.batch_size
-    mine = list(range(dist.rank, B, dist.world))                       # this rank's rows of every batch
-    for step in range(start + 1, cfg.steps + 1):
-        t_step = t0 = time.time()
-        m = {"step": step}
-        # ---- 1. prompts: Eq. 11 weights from the tracker (SPO) or uniform (GRPO); same draw on every rank
-        if cfg.algo == "spo" and not cfg.uniform_sampling:
-            idx = sampler.sample(priority_weights(tracker.value(keys), cfg.sampling_epsilon), B)
-        elif cfg.algo == "spo":
-            idx = sampler.uniform(len(keys), B)
-        else:
-            idx = np.repeat(sampler.uniform(len(keys), B // cfg.group_size), cfg.group_size)
-        batch = [train_tasks[i] for i in idx]
-        bkeys = [t.prompt for t in batch]
-        m["time/tracker"] = time.time() - t0                                 # tracker + sampler bookkeeping
-        # ---- 2. generate one response per prompt (GRPO: each prompt group_size times), this rank's rows
-        t0 = time.time()
-        base_seed = cfg.seed * 1_000_003 + step * 10_007
-        samples = engine.generate([fmt[bkeys[j]] for j in mine], cfg.max_completion_length, cfg.temperature,
-                                  seed=base_seed + dist.rank, seeds=[base_seed + j for j in mine]
-                                  if cfg.deterministic_generation or engine.name == "vllm" else None)
-        m["time/generate"] = time.time() - t0
-        engine.sleep()                       # vLLM on CUDA: free the KV cache, offload weights while training
-        # ---- 3. rewards (gathered: the batch is global) and advantages
-        local_r = [reward_fn(s.text, batch[j].answer) for s, j in zip(samples, mine)]
-        rewards = np.array(dist.rows(local_r, B))
-        v_prev = tracker.value(bkeys)                                        # v_hat_{-1}: before this reward
-        if cfg.algo == "spo":
-            base = np.zeros_like(v_prev) if cfg.no_baseline else v_prev
-            adv = spo_advantages(rewards, base)                             # Eq. 8-9, over the global batch
-            raw = rewards - base
-        else:
-            adv = grpo_advantages(rewards, cfg.group_size)
-            raw = rewards - rewards.reshape(-1, cfg.group_size).mean(1).repeat(cfg.group_size)
-            m["grpo/degenerate_share"] = degenerate_share(rewards, cfg.group_size)
-        # ---- 4. old log-probs, then PPO-clip mini-batch updates (Eq. 10); gradients summed over ranks
-        t0 = time.time()
-        p_ids, c_ids = [s.prompt_ids for s in samples], [s.completion_ids for s in samples]
-        model.train()
-        with torch.no_grad():
-            old_logp, mask = sequence_logprobs(model, p_ids, c_ids, pad, cfg.temperature, cfg.micro_batch_size)
-        stats, skipped = [], 0
-        mb = B // cfg.num_minibatches
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(B, generator=torch.Generator().manual_seed(step))
-            for s in range(0, B, mb):
-                rows = [j // dist.world for j in perm[s:s + mb].tolist() if j % dist.world == dist.rank]  # local
-                if cfg.loss_variant == "gspo":
-                    norm = float(min(mb, B - s))                              # sequences in the global mini-batch
-                else:
-                    norm = dist.sum(mask[rows].sum().reshape(1)).item()      # tokens in the global mini-batch
-                total = torch.zeros(1)
-                for u in range(0, len(rows), cfg.micro_batch_size):
-                    r = rows[u:u + cfg.micro_batch_size]
-                    logp, mk = sequence_logprobs(model, [p_ids[i] for i in r], [c_ids[i] for i in r], pad,
-                                                 cfg.temperature, cfg.micro_batch_size)
-                    loss, st = policy_loss(logp, old_logp[r, :logp.shape[1]], adv[[mine[i] for i in r]], mk,
-                                           cfg.epsilon, cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant,
-                                           normalizer=norm)
-                    loss.backward()
-                    total += loss.item()
-                    stats.append(st)
-                dist.sum_grads(params)                                        # explicit all-reduce of LoRA grads
-                total = dist.sum(total).item()
-                if not math.isfinite(total):                                 # every rank sees the same sum
-                    opt.zero_grad(set_to_none=True)
-                    skipped += 1
-                    continue
-                m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                m["loss"] = total
-        m["time/train"] = time.time() - t0
-        m["nonfinite_loss_updates"] = skipped
-        bad_steps = bad_steps + 1 if skipped else 0
-        if bad_steps >= cfg.max_bad_steps:
+
+    for step in range(tr.start + 1, cfg.steps + 1):
+        t_step = time.time()
+        try:
+            m, batch = tr.step(step)
+        except RuntimeError:
             if log:
                 log.close()
-            raise RuntimeError(f"stopping: {bad_steps} consecutive steps with a non-finite loss (step {step}); "
-                               f"the last checkpoint is in {cfg.output_dir}/ckpt")
-        # ---- 5. drift on each prompt's stored previous response, then the tracker (Eq. 5)
-        t0 = time.time()
-        if cfg.algo == "spo":
-            prev = [stored.get(bkeys[j]) for j in mine]
-            seen = [i for i, p in enumerate(prev) if p is not None]
-            with torch.no_grad():                       # one pass: stored responses + this step's
-                both_p = [prev[i][0] for i in seen] + p_ids
-                both_c = [prev[i][1] for i in seen] + c_ids
-                now, nmask = sequence_logprobs(model, both_p, both_c, pad, cfg.temperature, cfg.micro_batch_size)
-            m["time/drift"] = time.time() - t0
-            t0 = time.time()
-            local_d = np.zeros(len(mine))
-            if seen:
-                then = torch.zeros(len(seen), now.shape[1])
-                for k, i in enumerate(seen):
-                    then[k, :len(prev[i][2])] = torch.tensor(prev[i][2])
-                local_d[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).numpy()
-            new = [(p_ids[i], c_ids[i], now[len(seen) + i, :len(c_ids[i])].tolist()) for i in range(len(mine))]
-            for j, entry in zip(range(B), dist.rows(new, B)):  # store for the next visit, on every rank
-                stored[bkeys[j]] = entry
-            drift = np.array(dist.rows(local_d.tolist(), B))
-            first = np.array(dist.rows([p is None for p in prev], B))
-            rho = tracker.update(bkeys, rewards, drift)
-            m.update({"spo/rho_mean": float(rho.mean()), "spo/rho_min": float(rho.min()),
-                      "spo/rho_max": float(rho.max()),
-                      "spo/drift_mean": float(drift[~first].mean()) if (~first).any() else 0.0,
-                      "spo/first_visit_share": float(first.mean()),
-                      "spo/n_eff_mean": float(tracker.effective_size(bkeys).mean())})
-        m["time/tracker"] += time.time() - t0
-        if cfg.dist_check_every and dist.world > 1 and step % cfg.dist_check_every == 0:
-            dist.check_same(state_hash(tracker, sampler, model), f"tracker/sampler/adapter state at step {step}")
-        # ---- 6. adapter to the engine, sync self-test, metrics, checkpoint
-        engine.wake_up()
-        engine.load_adapter(model)
-        if cfg.sync_check_every and engine.name != "hf" and (step == start + 1 or step % cfg.sync_check_every == 0):
-            again = engine.generate([fmt[bkeys[j]] for j in mine[:4]], cfg.max_completion_length, cfg.temperature,
-                                    seed=step)
-            m.update({f"sync/{k}": v for k, v in check_sync(model, again, pad, cfg.temperature).items()})
-        lens = np.array(dist.rows([len(c) for c in c_ids], B))
-        truncated = dist.rows([s.finish_reason == "length" for s in samples], B)
-        norm_adv = adv.numpy()
-        m.update({
-            "reward": float(rewards.mean()),
-            "adv/raw_var": float(np.var(raw)),
-            "adv/noBaseline_var": float(np.var(rewards)),
-            "adv/near_zero_0.02": float(np.mean(np.abs(norm_adv) < 0.02)),
-            "adv/near_zero_1e-4": float(np.mean(np.abs(norm_adv) < 1e-4)),
-            "tracker/brier": float(np.mean((v_prev - rewards) ** 2)) if cfg.algo == "spo" else float("nan"),
-            "response_length": float(lens.mean()),
-            "truncation_rate": float(np.mean(truncated)),
-            "tokens_per_s": float(lens.sum() / max(m["time/generate"], 1e-9)),
-            "reward_errors": reward_fn.errors,
-        })
-        for name in ("clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"):
-            vals = [s[name] for s in stats if name in s]
-            if vals:
-                m[f"loss/{name}"] = float(np.mean(vals))
+            raise
         m["time/step"] = time.time() - t_step
-        history.append(m)
         stopping = dist.gather(stop["signal"])                          # stop together, whichever rank was told
         stop["signal"] = next((x for x in stopping if x), None)
         if dist.main:
-            log.step(m, samples[0].text, rewards[0], batch[0])
+            log.step(m, batch.samples[0].text, batch.rewards[0], batch.tasks[0])
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 log.eval(step, evaluate(cfg, engine, held, fmt))
             if (cfg.save_every and step % cfg.save_every == 0) or stop["signal"]:
-                save_checkpoint(cfg, step, model, opt, tracker, sampler, stored, history)
+                save_checkpoint(cfg, step, tr)
         dist.barrier()
         if stop["signal"]:
             if log:
@@ -389,10 +433,10 @@ def train(cfg: Config) -> dict:
     final = evaluate(cfg, engine, held, fmt) if dist.main else {}
     if dist.main:
         log.eval(cfg.steps, final)
-        save_checkpoint(cfg, cfg.steps, model, opt, tracker, sampler, stored, history)
+        save_checkpoint(cfg, cfg.steps, tr)
         model.save_pretrained(os.path.join(cfg.output_dir, "adapter"))
         log.close()
-        plot(cfg.output_dir, history, log.evals)
+        plot(cfg.output_dir, tr.history, log.evals)
     dist.barrier()
     dist.close()
     first = log.evals[0][1] if log and log.evals else {}
@@ -400,87 +444,7 @@ def train(cfg: Config) -> dict:
         print(f"held-out {k}: {first.get(k, float('nan')):.3f} -> {final[k]:.3f}")
     if dist.main:
         print(f"adapter: {cfg.output_dir}/adapter   curves: {cfg.output_dir}/curves.png")
-    return {"first_eval": first, "final_eval": final, "history": history}
-
-
-# ============================================================== logging
-
-
-class Logger:
-    """metrics.jsonl always; a rich live dashboard on a terminal, plain lines otherwise."""
-
-    def __init__(self, cfg: Config, start: int):
-        self.cfg, self.evals = cfg, []
-        path = os.path.join(cfg.output_dir, "metrics.jsonl")
-        if start and os.path.exists(path):   # resuming: drop lines logged after the checkpoint
-            with open(path) as f:
-                keep = [line for line in f if json.loads(line)["step"] <= start]
-            with open(path, "w") as f:
-                f.writelines(keep)
-        self.file = open(path, "a" if start else "w")    # a fresh run (--overwrite) starts a fresh log
-        self.live = None
-        if sys.stdout.isatty():
-            from rich.live import Live
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-            self.progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
-                                     TimeRemainingColumn())
-            self.task = self.progress.add_task("train", total=cfg.steps, completed=start)
-            self.live = Live(self.progress, refresh_per_second=4)
-            self.live.start()
-
-    def step(self, m: dict, text: str, reward: float, task) -> None:
-        self.file.write(json.dumps(m) + "\n")
-        self.file.flush()
-        line = (f"step {m['step']:>4}  reward {m['reward']:.3f}  loss {m.get('loss', float('nan')):+.4f}  "
-                f"rho {m.get('spo/rho_mean', float('nan')):.3f}  brier {m['tracker/brier']:.3f}  "
-                f"len {m['response_length']:.0f}  {m['tokens_per_s']:.0f} tok/s  {m['time/step']:.1f} s")
-        if self.live is None:
-            print(line, flush=True)
-            return
-        from rich.console import Group
-        from rich.panel import Panel
-        self.progress.update(self.task, completed=m["step"])
-        ev = "  ".join(f"{k} {v:.3f}" for k, v in (self.evals[-1][1].items() if self.evals else []))
-        sample = Panel(f"[bold]{task.prompt}[/] (answer {task.answer}) -> reward {reward:.0f}\n{text[:300]}",
-                       title="sample")
-        self.live.update(Group(self.progress, line, ev, sample))
-
-    def eval(self, step: int, res: dict) -> None:
-        if not res:
-            return
-        self.evals.append((step, res))
-        self.file.write(json.dumps({"step": step, **res}) + "\n")
-        self.file.flush()
-        print(f"eval @ step {step}: " + "  ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-        self.file.close()
-
-
-def plot(out_dir: str, history: list, evals: list) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
-    steps = [m["step"] for m in history]
-    ax[0].plot(steps, [m["reward"] for m in history], label="train reward")
-    for k in (evals[0][1] if evals else {}):
-        ax[0].plot([s for s, _ in evals], [e[k] for _, e in evals], "o-", label=k)
-    ax[0].set_title("reward / held-out accuracy")
-    ax[0].legend()
-    ax[1].plot(steps, [m["adv/raw_var"] for m in history], label="advantage variance")
-    ax[1].plot(steps, [m["adv/noBaseline_var"] for m in history], label="no-baseline variance")
-    ax[1].set_title("unnormalised advantage variance")
-    ax[1].legend()
-    ax[2].plot(steps, [m["tracker/brier"] for m in history])
-    ax[2].set_title("tracker Brier score (v_hat_-1 vs r)")
-    for a in ax:
-        a.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "curves.png"), dpi=90)
-    plt.close(fig)
+    return {"first_eval": first, "final_eval": final, "history": tr.history}
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,137 @@
+"""Everything a run writes to --output-dir: metrics.jsonl and the live dashboard (`Logger`), curves.png
+(`plot`), atomic checkpoints (`save_checkpoint` / `load_checkpoint`) and LoRA adapter folders (`load_adapter`).
+
+    runs/spo/config.json          the resolved config (written by train.py)
+    runs/spo/metrics.jsonl        one line per step and per evaluation
+    runs/spo/ckpt/                adapter/ + state.pt (optimizer, tracker, sampler RNG, stored responses, history)
+    runs/spo/adapter/             the final adapter, a standard peft folder
+    runs/spo/curves.png           reward / held-out, advantage variance, tracker Brier
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+
+import torch
+
+from config import Config, ConfigError
+
+
+# ============================================================== checkpoints
+
+
+def load_adapter(model, folder: str, lora_r: int) -> None:
+    """LoRA weights saved by save_pretrained (a checkpoint, --eval-only, --init-adapter) into the policy."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    files = [os.path.join(folder, n) for n in ("adapter_config.json", "adapter_model.safetensors")]
+    if not all(os.path.exists(f) for f in files):
+        raise ConfigError(f"{folder}: not a LoRA adapter folder (needs adapter_config.json and adapter_model.safetensors)")
+    with open(files[0]) as f:
+        r = json.load(f).get("r")
+    if r != lora_r:
+        raise ConfigError(f"{folder}: adapter has LoRA rank {r}, but --lora-r is {lora_r}; pass --lora-r {r}")
+    set_peft_model_state_dict(model, load_file(files[1]))
+
+
+def save_checkpoint(cfg, step: int, tr) -> None:
+    """Atomically: write everything to ckpt.tmp, then swap it in with renames."""
+    final, tmp, old = (os.path.join(cfg.output_dir, n) for n in ("ckpt", "ckpt.tmp", "ckpt.old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tr.model.save_pretrained(os.path.join(tmp, "adapter"))
+    torch.save({"step": step, **tr.state_dict(), "config": dataclasses.asdict(cfg)}, os.path.join(tmp, "state.pt"))
+    if os.path.exists(final):
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: str):
+    for name in ("ckpt", "ckpt.old"):          # ckpt.old survives a kill between the two renames
+        path = os.path.join(run_dir, name)
+        if os.path.exists(os.path.join(path, "state.pt")):
+            return path, torch.load(os.path.join(path, "state.pt"), weights_only=False)
+    raise ConfigError(f"--resume {run_dir}: no checkpoint in it (expected {run_dir}/ckpt/state.pt)")
+
+
+# ============================================================== logging
+
+
+class Logger:
+    """metrics.jsonl always; a rich live dashboard on a terminal, plain lines otherwise."""
+
+    def __init__(self, cfg: Config, start: int):
+        self.cfg, self.evals = cfg, []
+        path = os.path.join(cfg.output_dir, "metrics.jsonl")
+        if start and os.path.exists(path):   # resuming: drop lines logged after the checkpoint
+            with open(path) as f:
+                keep = [line for line in f if json.loads(line)["step"] <= start]
+            with open(path, "w") as f:
+                f.writelines(keep)
+        self.file = open(path, "a" if start else "w")    # a fresh run (--overwrite) starts a fresh log
+        self.live = None
+        if sys.stdout.isatty():
+            from rich.live import Live
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            self.progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(),
+                                     TimeRemainingColumn())
+            self.task = self.progress.add_task("train", total=cfg.steps, completed=start)
+            self.live = Live(self.progress, refresh_per_second=4)
+            self.live.start()
+
+    def step(self, m: dict, text: str, reward: float, task) -> None:
+        self.file.write(json.dumps(m) + "\n")
+        self.file.flush()
+        line = (f"step {m['step']:>4}  reward {m['reward']:.3f}  loss {m.get('loss', float('nan')):+.4f}  "
+                f"rho {m.get('spo/rho_mean', float('nan')):.3f}  brier {m['tracker/brier']:.3f}  "
+                f"len {m['response_length']:.0f}  {m['tokens_per_s']:.0f} tok/s  {m['time/step']:.1f} s")
+        if self.live is None:
+            print(line, flush=True)
+            return
+        from rich.console import Group
+        from rich.panel import Panel
+        self.progress.update(self.task, completed=m["step"])
+        ev = "  ".join(f"{k} {v:.3f}" for k, v in (self.evals[-1][1].items() if self.evals else []))
+        sample = Panel(f"[bold]{task.prompt}[/] (answer {task.answer}) -> reward {reward:.0f}\n{text[:300]}",
+                       title="sample")
+        self.live.update(Group(self.progress, line, ev, sample))
+
+    def eval(self, step: int, res: dict) -> None:
+        if not res:
+            return
+        self.evals.append((step, res))
+        self.file.write(json.dumps({"step": step, **res}) + "\n")
+        self.file.flush()
+        print(f"eval @ step {step}: " + "  ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+        self.file.close()
+
+
+def plot(out_dir: str, history: list, evals: list) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
+    steps = [m["step"] for m in history]
+    ax[0].plot(steps, [m["reward"] for m in history], label="train reward")
+    for k in (evals[0][1] if evals else {}):
+        ax[0].plot([s for s, _ in evals], [e[k] for _, e in evals], "o-", label=k)
+    ax[0].set_title("reward / held-out accuracy")
+    ax[0].legend()
+    ax[1].plot(steps, [m["adv/raw_var"] for m in history], label="advantage variance")
+    ax[1].plot(steps, [m["adv/noBaseline_var"] for m in history], label="no-baseline variance")
+    ax[1].set_title("unnormalised advantage variance")
+    ax[1].legend()
+    ax[2].plot(steps, [m["tracker/brier"] for m in history])
+    ax[2].set_title("tracker Brier score (v_hat_-1 vs r)")
+    for a in ax:
+        a.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "curves.png"), dpi=90)
+    plt.close(fig)

@@ -112,12 +112,16 @@ def offline_init(cfg: Config, tracker: ValueTracker, engine, train, fmt, reward_
 
 
 def evaluate(cfg: Config, engine, held, fmt) -> dict:
-    """Held-out avg@k, pass@k (unbiased) and maj@k (paper App. D)."""
+    """Held-out avg@k, pass@k (unbiased) and maj@k at --eval-temperature (paper App. D), and greedy accuracy
+    (T = 0, one response per problem): avg@k rises both when the policy knows more and when it merely
+    gets sharper (less random); greedy accuracy moves only with the first."""
     if not held:
         return {}
     k, rf = cfg.eval_k, RewardFn()
-    out = engine.generate([fmt[t.prompt] for t in held for _ in range(k)], cfg.max_completion_length,
+    prompts = [fmt[t.prompt] for t in held]
+    out = engine.generate([p for p in prompts for _ in range(k)], cfg.max_completion_length,
                           cfg.eval_temperature, seed=10_007)
+    greedy = engine.generate(prompts, cfg.max_completion_length, 0.0)
     avg = pas = maj = 0.0
     for j, t in enumerate(held):
         texts = [o.text for o in out[j * k:(j + 1) * k]]
@@ -126,7 +130,8 @@ def evaluate(cfg: Config, engine, held, fmt) -> dict:
         pas += pass_at_k(k, int(sum(r)), k)
         maj += majority_correct([extract_answer(x) for x in texts], r)
     n = len(held)
-    return {f"eval/avg@{k}": avg / n, f"eval/pass@{k}": pas / n, f"eval/maj@{k}": maj / n}
+    return {f"eval/avg@{k}": avg / n, f"eval/pass@{k}": pas / n, f"eval/maj@{k}": maj / n,
+            "eval/greedy": float(np.mean([rf(o.text, t.answer) for o, t in zip(greedy, held)]))}
 
 
 # ============================================================== one step, as named phases

@@ -148,3 +148,19 @@ def test_loop_matches_recorded_reference(tmp_path):
         for g, w in zip(got["metrics"], want["metrics"]):
             assert {k: g[k] for k in w} == pytest.approx(w, rel=1e-6, abs=1e-9, nan_ok=True), (name, w["step"])
         assert got["adapter_sums"] == pytest.approx(want["adapter_sums"], rel=1e-6, abs=1e-9), name
+
+
+def test_greedy_eval_is_the_temperature_zero_answer(policy):
+    """eval/greedy is one T = 0 answer per problem: with sampled evaluation also at T = 0, every one of the
+    k samples is that answer, so avg@k, pass@k and maj@k all equal it; at T = 1 they differ from it."""
+    from data import chat_prompt, embedded_tasks
+    from rollout import HFEngine
+    model, tok, _ = policy
+    _, held = embedded_tasks(8, 12, seed=3)
+    fmt = {t.prompt: chat_prompt(tok, t.prompt) for t in held}
+    engine = HFEngine(model, tok)
+    cold = T.evaluate(T.Config(eval_k=2, eval_temperature=0.0, max_completion_length=12), engine, held, fmt)
+    assert 0 < cold["eval/greedy"] < 1
+    assert cold["eval/avg@2"] == cold["eval/pass@2"] == cold["eval/maj@2"] == cold["eval/greedy"]
+    hot = T.evaluate(T.Config(eval_k=2, max_completion_length=12), engine, held, fmt)
+    assert hot["eval/greedy"] == cold["eval/greedy"] and hot["eval/avg@2"] != hot["eval/greedy"]

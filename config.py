@@ -29,12 +29,15 @@ class Config:
     """dataset column holding the answer or solution (default: the preset's, else 'answer')"""
     eval_dataset: str | None = None
     """held-out set for other datasets (same field names); embedded: a disjoint generated set"""
-    n_train: int = 64
-    """embedded: training pool size (prompts must recur for a per-prompt tracker)"""
+    n_train: int = 32
+    """embedded: training pool size (prompts must recur for a per-prompt tracker: 32 prompts at batch 16 come
+    back every ~2 steps, so the tracker keeps up with a LoRA policy that moves fast; README)"""
     n_eval: int = 32
     """embedded: held-out problems; other datasets: cap on eval problems"""
-    system_prompt: str | None = None
-    """system message for the chat template (None: the template's default)"""
+    system_prompt: str | None = "auto"
+    """system message for the chat template; None: the template's default; 'auto': the embedded task's
+    short one (data.EMBEDDED_SYSTEM_PROMPT, 11 tokens fewer than SmolLM2's default) for --dataset embedded,
+    else the template's default"""
     enable_thinking: bool | None = None
     """Qwen3 chat templates: thinking on/off (None: template default)"""
     format_gate: bool = False
@@ -62,10 +65,11 @@ class Config:
     """n0 samples per prompt with the initial policy to initialise the tracker (Eq. 6; the paper: 8); 0 = prior"""
     offline_values: str | None = None
     """JSON {prompt: [rewards]} from an earlier --offline-samples run (official format); skips sampling"""
-    rho_min: float = 0.875
-    """tracker forgetting factor lower bound (window 8)"""
-    rho_max: float = 0.96
-    """tracker forgetting factor upper bound (window 25)"""
+    rho_min: float = 0.5
+    """tracker forgetting factor lower bound, window 1 / (1 - rho_min) (the paper: 0.875, window 8; the CPU
+    profile's LoRA at lr 2e-4 moves far faster per step than the paper's full-parameter lr 1e-6, README)"""
+    rho_max: float = 0.8
+    """tracker forgetting factor upper bound, window 1 / (1 - rho_max) (the paper: 0.96, window 25)"""
     d_half: float = 0.06
     """drift half-life D_half of the forgetting factor (official code's constant)"""
     sampling_epsilon: float = 0.05
@@ -81,10 +85,15 @@ class Config:
     """training sampling temperature (top-p 1, top-k off)"""
     max_prompt_length: int = 256
     """longer prompts are dropped at load, counted and reported"""
-    max_completion_length: int = 24
-    """new tokens per response"""
+    max_completion_length: int = 16
+    """new tokens per response (HF generate runs every batch to its longest response)"""
     gpu_memory_utilization: float = 0.3
     """vLLM's share of GPU memory (CUDA)"""
+    old_logprobs: str = "engine"
+    """pi_old of the PPO ratio: 'engine' (the sampling log-probs the engine returned; no extra forward pass,
+    and the first mini-batch then checks engine against trainer every step for free) or 'trainer'
+    (recomputed by the trainer before the update, as verl; use it when the engine's numerics differ,
+    e.g. bf16 vLLM on a GPU)"""
     sync_check_every: int = 10
     """compare engine and trainer log-probs every N steps (and after the first swap); 0 = never"""
     # --- optimisation
@@ -107,12 +116,12 @@ class Config:
     tracker and step count start fresh"""
     micro_batch_size: int = 8
     """sequences per forward/backward (gradient accumulation inside a mini-batch)"""
-    steps: int = 20
+    steps: int = 40
     """training steps"""
     seed: int = 0
     """seed for data, sampler and generation"""
     # --- evaluation, logging, checkpoints
-    eval_every: int = 10
+    eval_every: int = 20
     """held-out evaluation every N steps (and at start and end); 0 = only start and end"""
     eval_k: int = 4
     """samples per held-out problem (avg@k, pass@k, maj@k)"""
@@ -147,11 +156,11 @@ PAPER_PROFILE = dict(
     dataset="dapo", eval_dataset="aime24", load_in_4bit=True, engine="vllm", enable_thinking=True, format_gate=True,
     batch_size=256, num_minibatches=4,          # the paper's ablation setting (App. E): 256 pairs, 4 updates
     max_prompt_length=2048, max_completion_length=8192,    # the released script's lengths
-    offline_samples=8, temperature=1.0, epsilon=0.2, epsilon_high=0.28,
+    offline_samples=8, temperature=1.0, epsilon=0.2, epsilon_high=0.28, rho_min=0.875, rho_max=0.96,
     learning_rate=1e-5,                         # paper: 1e-6 full fine-tuning; LoRA needs ~10x more
     lora_r=32, lora_alpha=64, micro_batch_size=1, steps=500,
     eval_every=10, eval_k=16, eval_temperature=0.6, n_eval=30, save_every=10,
-    gpu_memory_utilization=0.35,
+    gpu_memory_utilization=0.35, old_logprobs="trainer",
 )
 
 
@@ -188,6 +197,7 @@ def validate(cfg: Config) -> None:
     need(cfg.algo in ("spo", "grpo"), f"--algo must be spo or grpo, got {cfg.algo!r}")
     need(cfg.loss_variant in ("ppo", "gspo", "sapo"), f"--loss-variant must be ppo, gspo or sapo, got {cfg.loss_variant!r}")
     need(cfg.engine in ("auto", "hf", "vllm"), f"--engine must be auto, hf or vllm, got {cfg.engine!r}")
+    need(cfg.old_logprobs in ("engine", "trainer"), f"--old-logprobs must be engine or trainer, got {cfg.old_logprobs!r}")
     need(cfg.batch_size > 0 and cfg.steps >= 0, "--batch-size must be > 0 and --steps >= 0")
     if cfg.algo == "grpo":
         need(cfg.group_size >= 2 and cfg.batch_size % cfg.group_size == 0,

@@ -14,6 +14,9 @@
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import random
 import re
@@ -33,6 +36,10 @@ class Task:
 
 
 # ============================================================== the embedded task family
+
+# The embedded task's system message: shorter than SmolLM2's default ("You are a helpful AI assistant named
+# SmolLM, trained by Hugging Face"), so every forward pass sees ~24 % fewer prompt tokens.
+EMBEDDED_SYSTEM_PROMPT = "You are a calculator."
 
 _NAMES = ["Tom", "Ana", "Sam", "Mia", "Leo", "Zoe", "Ben", "Ivy"]
 _THINGS = ["apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles"]
@@ -114,64 +121,120 @@ def gold_answer(raw: str) -> str:
     return boxed if boxed is not None else raw
 
 
+class DataError(ValueError):
+    """A problem with the data the user can fix: the message starts with FILE:LINE (or FILE: row N)."""
+
+
 def load_tasks(source: str, prompt_field: str | None = None, answer_field: str | None = None,
                split: str | None = None, suffix: str | None = None, limit: int | None = None) -> list[Task]:
-    """Tasks from a preset name, a local .jsonl/.json/.parquet/.csv file, or a hub dataset id.
+    """Tasks from a preset name, a local .jsonl/.json/.csv/.parquet file, or a hub dataset id.
 
-    A preset fills the fields, split and answer-format suffix; explicit arguments override it.
-    Raises ValueError naming the row for a missing/empty prompt or answer and for an empty dataset;
-    warns (with the count and first row) and keeps the first copy of duplicate prompts.
+    A preset fills the fields, split and answer-format suffix; explicit arguments override it. Every
+    problem with a local file raises DataError naming the file and line (a row for Parquet): unreadable
+    or empty file, malformed JSON, a missing column, an empty or non-text prompt or answer, a duplicate
+    prompt (the value tracker keys on the prompt text). Duplicates in a hub dataset, which the user
+    cannot edit, are dropped with a warning instead.
     """
-    import datasets as hf_datasets
-
     preset = PRESETS.get(source)
-    if preset is not None:
-        ds = hf_datasets.load_dataset(preset.path, preset.config, split=split or preset.split)
-    else:
-        ext = os.path.splitext(source)[1].lower().lstrip(".")
-        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(ext)
-        if builder:
-            if not os.path.exists(source):
-                raise FileNotFoundError(f"--dataset {source}: no such file")
-            try:
-                ds = hf_datasets.load_dataset(builder, data_files=source, split="train")
-            except ValueError as e:
-                if "no data" in str(e):
-                    raise ValueError(f"{source}: the dataset is empty") from None
-                raise
-        else:
-            ds = hf_datasets.load_dataset(source, split=split or "train")
     pf = prompt_field or (preset.prompt_field if preset else "prompt")
     af = answer_field or (preset.answer_field if preset else "answer")
     sfx = suffix if suffix is not None else (preset.suffix if preset else "")
-    for f, flag in ((pf, "--prompt-field"), (af, "--answer-field")):
-        if f not in ds.column_names:
-            raise ValueError(f"{source}: no column {f!r} (set {flag}); columns are {ds.column_names}")
-    if len(ds) == 0:
-        raise ValueError(f"{source}: the dataset is empty")
-    tasks, seen, dupes = [], set(), []
-    for i, row in enumerate(ds):
+    local = preset is None and os.path.splitext(source)[1].lower() in (".jsonl", ".json", ".csv", ".parquet")
+    tasks, first_line, dupes = [], {}, []
+    for where, row in (_local_rows(source) if local else _hub_rows(source, preset, split)):
+        for field, flag in ((pf, "--prompt-field"), (af, "--answer-field")):
+            if field not in row:
+                raise DataError(f"{where}: no column {field!r} (set {flag}); the row has {sorted(row)}")
         p, a = row[pf], row[af]
         if isinstance(p, list):  # chat-formatted prompt: take the last user message
-            p = next((m["content"] for m in reversed(p) if m.get("role") == "user"), None)
-        if p is None or not str(p).strip():
-            raise ValueError(f"{source}: row {i} has no {pf!r}")
-        if a is None or not str(a).strip():
-            raise ValueError(f"{source}: row {i} has no {af!r}")
+            p = next((m.get("content") for m in reversed(p) if isinstance(m, dict) and m.get("role") == "user"), None)
+        for field, v in ((pf, p), (af, a)):
+            if v is None or (isinstance(v, str) and not v.strip()):
+                raise DataError(f"{where}: empty {field!r}: every row needs a non-empty prompt and answer")
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                raise DataError(f"{where}: {field!r} is {type(v).__name__} {str(v)[:40]!r}, expected text "
+                                "(or a number for the answer)")
         p = str(p).strip()
         if sfx and not p.endswith(sfx.strip()):
             p = p + sfx
-        if p in seen:
-            dupes.append(i)
+        if p in first_line:
+            if local:
+                raise DataError(f"{where}: duplicate prompt (the same as {first_line[p]}): the value tracker keys "
+                                "on the prompt text; remove or reword one of them")
+            dupes.append(where)
             continue
-        seen.add(p)
+        first_line[p] = where.rsplit(":", 1)[-1].strip() if local else where
         tasks.append(Task(p, gold_answer(a)))
         if limit and len(tasks) >= limit:
             break
+    if not tasks:
+        raise DataError(f"{source}: no rows: the dataset is empty")
     if dupes:
-        warnings.warn(f"{source}: dropped {len(dupes)} duplicate prompt(s) (first at row {dupes[0]}); "
+        warnings.warn(f"{source}: dropped {len(dupes)} duplicate prompt(s) (first at {dupes[0]}); "
                       "the value tracker keys on the prompt text", stacklevel=2)
     return tasks
+
+
+def _local_rows(path: str):
+    """(where, row dict) for each row of a local file; where = 'FILE:LINE' ('FILE: row N' for Parquet)."""
+    ext = os.path.splitext(path)[1].lower()
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if ext == ".parquet":
+        import datasets as hf_datasets
+        try:
+            ds = hf_datasets.load_dataset("parquet", data_files=path, split="train")
+        except Exception as e:  # noqa: BLE001 - any reader failure is the file's problem
+            raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e)[:120]})") from None
+        yield from ((f"{path}: row {i}", row) for i, row in enumerate(ds))
+        return
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the file as UTF-8") from None
+    if ext == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        for row in reader:
+            if None in row:          # more cells than the header has columns
+                raise DataError(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} cells but the header "
+                                f"has {len(reader.fieldnames)} columns; quote cells that hold commas")
+            yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if v is not None}
+        return
+    if ext == ".json" and text.lstrip().startswith("["):    # one JSON array of objects
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno})") from None
+        lines = [f"{path}: item {i}" for i in range(len(items))]
+    else:                                                    # JSON lines: one object per line
+        items, lines = [], []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: malformed JSON ({e.msg}, column {e.colno}); each line must be "
+                                "one JSON object") from None
+            lines.append(f"{path}:{n}")
+    for where, item in zip(lines, items):
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: a JSON {type(item).__name__}, expected an object with the prompt and "
+                            "answer fields")
+        yield where, item
+
+
+def _hub_rows(source: str, preset, split):
+    import datasets as hf_datasets
+    ds = hf_datasets.load_dataset(preset.path, preset.config, split=split or preset.split) if preset else \
+        hf_datasets.load_dataset(source, split=split or "train")
+    yield from ((f"{source}: row {i}", row) for i, row in enumerate(ds))
 
 
 def chat_prompt(tokenizer, prompt: str, system_prompt: str | None = None,

@@ -26,6 +26,7 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from spo import token_logprobs
 
@@ -169,16 +170,20 @@ def sequence_logprobs(model, prompt_ids: list, completion_ids: list, pad_id: int
                       micro_batch: int = 8):
     """Log-probs of each completion token under `model`, as the trainer sees them.
 
-    Rows are laid out [left pad | prompt | completion | right pad], so every completion starts at the
+    Rows of similar length share a micro-batch (sorted by length: padding costs as much as tokens), laid
+    out [left pad | prompt | completion | right pad] so every completion of a micro-batch starts at the
     same column and its logits are one slice; only the last T+1 positions go through the LM head.
-    Returns (logp [B, T] float32, mask [B, T]); differentiable if grad is enabled.
+    Returns (logp [B, T] float32, mask [B, T]) in the input order; differentiable if grad is enabled.
     """
     device = next(model.parameters()).device
-    p_len = max(len(p) for p in prompt_ids)
-    t_len = max(max(len(c) for c in completion_ids), 1)
-    out = []
-    for s in range(0, len(prompt_ids), micro_batch):
-        ps, cs = prompt_ids[s:s + micro_batch], completion_ids[s:s + micro_batch]
+    n = len(prompt_ids)
+    width = max(max(len(c) for c in completion_ids), 1)                              # T of the result
+    order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(completion_ids[i]))
+    rows = [None] * n
+    for s in range(0, n, micro_batch):
+        idx = order[s:s + micro_batch]
+        ps, cs = [prompt_ids[i] for i in idx], [completion_ids[i] for i in idx]
+        p_len, t_len = max(len(p) for p in ps), max(max(len(c) for c in cs), 1)
         ids = torch.full((len(ps), p_len + t_len), pad_id, dtype=torch.long)
         att = torch.zeros_like(ids)
         for i, (p, c) in enumerate(zip(ps, cs)):
@@ -187,9 +192,11 @@ def sequence_logprobs(model, prompt_ids: list, completion_ids: list, pad_id: int
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         ids, att, pos = ids.to(device), att.to(device), pos.to(device)
         logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=t_len + 1).logits
-        out.append(token_logprobs(logits[:, :-1], ids[:, p_len:], temperature))   # [b, T]
-    logp = torch.cat(out)
-    mask = torch.zeros(len(completion_ids), t_len, device=logp.device)
+        lp = token_logprobs(logits[:, :-1], ids[:, p_len:], temperature)               # [b, t_len]
+        for k, i in enumerate(idx):
+            rows[i] = F.pad(lp[k], (0, width - t_len))
+    logp = torch.stack(rows)                                                          # [B, T]
+    mask = torch.zeros(n, width, device=logp.device)
     for i, c in enumerate(completion_ids):
         mask[i, :len(c)] = 1
     return logp, mask
@@ -227,8 +234,15 @@ def check_sync(model, samples: list, pad_id: int, temperature: float, tolerance:
     with torch.no_grad():
         logp, mask = sequence_logprobs(model, [s.prompt_ids for s in samples],
                                        [s.completion_ids for s in samples], pad_id, temperature)
-    diff = (logp.cpu() - pad_logprobs(samples, logp.shape[1])).abs() * mask.cpu()
-    stats = {"mean": float(diff.sum() / mask.sum()), "max": float(diff.max())}
+    return compare_logprobs(logp, pad_logprobs(samples, logp.shape[1]), mask, tolerance)
+
+
+def compare_logprobs(trainer_logp, engine_logp, mask, tolerance: float = SYNC_TOLERANCE) -> dict:
+    """check_sync's comparison on log-probs already at hand ([B, T] each, mask [B, T]): the trainer's
+    score of the sampled tokens before any optimizer step vs the engine's sampling log-probs."""
+    mask = mask.detach().cpu()
+    diff = (trainer_logp.detach().cpu() - engine_logp.cpu()).abs() * mask
+    stats = {"mean": float(diff.sum() / mask.sum().clamp(min=1)), "max": float(diff.max())}
     if stats["mean"] > tolerance:
         raise SyncError(f"engine and trainer disagree: mean |delta log p| = {stats['mean']:.4f} > {tolerance} "
                         f"(max {stats['max']:.3f}) over {int(mask.sum())} tokens. The generation engine is not "

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from config import Config, ConfigError, apply_profile, validate  # noqa: F401 (train.Config etc. for callers)
-from data import RewardFn, chat_prompt, embedded_tasks, extract_answer, load_tasks, majority_correct, pass_at_k
+from data import EMBEDDED_SYSTEM_PROMPT, DataError, RewardFn, chat_prompt, embedded_tasks, extract_answer, load_tasks, majority_correct, pass_at_k
 from dist import Dist, state_hash
 from run_dir import Logger, load_adapter, load_checkpoint, plot, save_checkpoint
-from rollout import LoraArgs, check_sync, load_policy, make_engine, sequence_logprobs
+from rollout import LoraArgs, check_sync, compare_logprobs, load_policy, make_engine, pad_logprobs, sequence_logprobs
 from sampler import PrioritizedSampler, priority_weights
 from spo import degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages
 from tracker import ValueTracker
@@ -43,17 +44,22 @@ from tracker import ValueTracker
 # ============================================================== setup helpers
 
 
-def load_data(cfg: Config, tok):
-    """(train tasks, eval tasks, chat-formatted prompt per task), over-long prompts dropped and counted."""
+def read_tasks(cfg: Config):
+    """(train tasks, held-out tasks), read and checked before anything is loaded or written: a bad file
+    stops here with a DataError naming FILE:LINE."""
     if cfg.dataset == "embedded":
-        train, held = embedded_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
-    else:
-        train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)
-        held = load_tasks(cfg.eval_dataset, cfg.prompt_field, cfg.answer_field, limit=cfg.n_eval) \
-            if cfg.eval_dataset else []
-    fmt = {}
-    for t in train + held:
-        fmt[t.prompt] = chat_prompt(tok, t.prompt, cfg.system_prompt, cfg.enable_thinking)
+        return embedded_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
+    train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)
+    held = load_tasks(cfg.eval_dataset, cfg.prompt_field, cfg.answer_field, limit=cfg.n_eval) \
+        if cfg.eval_dataset else []
+    return train, held
+
+
+def format_tasks(cfg: Config, tok, train, held):
+    """(train, held, chat-formatted prompt per task), over-long prompts dropped and counted."""
+    system = cfg.system_prompt if cfg.system_prompt != "auto" else \
+        (EMBEDDED_SYSTEM_PROMPT if cfg.dataset == "embedded" else None)
+    fmt = {t.prompt: chat_prompt(tok, t.prompt, system, cfg.enable_thinking) for t in train + held}
     too_long = {p for p, s in fmt.items() if len(tok(s, add_special_tokens=False)["input_ids"]) > cfg.max_prompt_length}
     if too_long:
         print(f"dropped {len(too_long)} prompt(s) longer than --max-prompt-length {cfg.max_prompt_length} tokens")
@@ -199,14 +205,19 @@ class Trainer:
     def draw(self, m: dict) -> Batch:
         cfg, t0 = self.cfg, time.time()
         B = cfg.batch_size
+        v = self.tracker.value(self.keys)                                   # [M] v_hat of the whole pool
         if cfg.algo == "spo" and not cfg.uniform_sampling:
-            idx = self.sampler.sample(priority_weights(self.tracker.value(self.keys), cfg.sampling_epsilon), B)
+            idx = self.sampler.sample(priority_weights(v, cfg.sampling_epsilon), B)
         elif cfg.algo == "spo":
             idx = self.sampler.uniform(len(self.keys), B)
         else:
             idx = np.repeat(self.sampler.uniform(len(self.keys), B // cfg.group_size), cfg.group_size)
         tasks = [self.train_tasks[i] for i in idx]
         m["time/tracker"] = time.time() - t0                                 # tracker + sampler bookkeeping
+        if cfg.algo == "spo":                # the curriculum at work: uncertain prompts, batch vs pool
+            uncertain = (v > 0.2) & (v < 0.8)
+            m["sampler/uncertain_batch"] = float(uncertain[idx].mean())
+            m["sampler/uncertain_pool"] = float(uncertain.mean())
         return Batch(tasks, [t.prompt for t in tasks])
 
     # ---- 2. generate one response per prompt (GRPO: each prompt group_size times), this rank's rows
@@ -242,14 +253,19 @@ class Trainer:
         B, pad = cfg.batch_size, self.tok.pad_token_id
         p_ids, c_ids = [s.prompt_ids for s in batch.samples], [s.completion_ids for s in batch.samples]
         model.train()
-        with torch.no_grad():
-            old_logp, mask = sequence_logprobs(model, p_ids, c_ids, pad, cfg.temperature, cfg.micro_batch_size)
-        self.stats, skipped = [], 0
+        if cfg.old_logprobs == "engine":     # pi_old = the sampling policy's own log-probs: no extra pass
+            old_logp = pad_logprobs(batch.samples)                                          # [b, T]
+            mask = (torch.arange(old_logp.shape[1]) < torch.tensor([len(c) for c in c_ids])[:, None]).float()
+        else:                                # pi_old recomputed by the trainer, as verl's compute_log_prob
+            with torch.no_grad():
+                old_logp, mask = sequence_logprobs(model, p_ids, c_ids, pad, cfg.temperature, cfg.micro_batch_size)
+        self.stats, skipped, before = [], 0, []
         mb = B // cfg.num_minibatches
-        for _ in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(B, generator=torch.Generator().manual_seed(step))
             for s in range(0, B, mb):
                 rows = [j // dist.world for j in perm[s:s + mb].tolist() if j % dist.world == dist.rank]  # local
+                rows.sort(key=lambda i: len(p_ids[i]) + len(c_ids[i]))     # similar lengths share a micro-batch
                 if cfg.loss_variant == "gspo":
                     norm = float(min(mb, B - s))                              # sequences in the global mini-batch
                 else:
@@ -265,6 +281,13 @@ class Trainer:
                     loss.backward()
                     total += loss.item()
                     self.stats.append(st)
+                    if cfg.old_logprobs == "engine" and epoch == 0 and s == 0:   # no optimizer step yet
+                        width = (0, old_logp.shape[1] - logp.shape[1])
+                        before.append((F.pad(logp.detach(), width), old_logp[r], F.pad(mk, width)))
+                if before:                   # the engine-vs-trainer check, free: same tokens, same weights
+                    m.update({f"sync/{k}": v for k, v in compare_logprobs(
+                        *(torch.cat([x[i] for x in before]) for i in range(3))).items()})
+                    before = []
                 dist.sum_grads(self.params)                                   # explicit all-reduce of LoRA grads
                 total = dist.sum(total).item()
                 if not math.isfinite(total):                                 # every rank sees the same sum
@@ -324,7 +347,7 @@ class Trainer:
                             f"tracker/sampler/adapter state at step {step}")
         self.engine.wake_up()
         self.engine.load_adapter(self.model)
-        if cfg.sync_check_every and self.engine.name != "hf" and \
+        if cfg.sync_check_every and self.engine.name != "hf" and cfg.old_logprobs == "trainer" and \
                 (step == self.start + 1 or step % cfg.sync_check_every == 0):
             again = self.engine.generate([self.fmt[batch.keys[j]] for j in self.mine[:4]],
                                          cfg.max_completion_length, cfg.temperature, seed=step)
@@ -361,6 +384,7 @@ class Trainer:
 def train(cfg: Config) -> dict:
     """Set up, then: step, log, evaluate and checkpoint when due; stop cleanly on SIGINT/SIGTERM."""
     validate(cfg)
+    tasks = read_tasks(cfg)                  # bad data stops here, before any model loads or file is written
     dist = Dist(cfg.dist_timeout)
     if cfg.batch_size % dist.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} must divide evenly over {dist.world} ranks")
@@ -377,7 +401,7 @@ def train(cfg: Config) -> dict:
     adapter = os.path.join(ckpt_dir, "adapter") if state is not None else cfg.eval_only or cfg.init_adapter
     if adapter:
         load_adapter(model, adapter, cfg.lora_r)
-    train_tasks, held, fmt = load_data(cfg, tok)
+    train_tasks, held, fmt = format_tasks(cfg, tok, *tasks)
     engine = make_engine(cfg.engine, model, tok, path, max_prompt_length=cfg.max_prompt_length,
                          max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed + dist.rank,
                          gpu_memory_utilization=cfg.gpu_memory_utilization, load_in_4bit=cfg.load_in_4bit)
@@ -458,7 +482,7 @@ def main(argv=None) -> None:
     cfg = tyro.cli(Config, args=argv, description=__doc__.split("\n")[0])
     try:
         train(apply_profile(cfg, argv))
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from data import (BOXED_SUFFIX, RewardFn, Task, embedded_tasks, extract_answer, gold_answer, is_correct,
+from data import (BOXED_SUFFIX, DataError, RewardFn, Task, embedded_tasks, extract_answer, gold_answer, is_correct,
                   load_tasks)
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -78,9 +78,12 @@ def test_embedded_tasks_are_deterministic_disjoint_and_exact():
         embedded_tasks(n_train=100, n_eval=10, levels=(2,))            # only 45 one-digit differences
 
 
-def test_load_jsonl_with_gsm8k_answers_and_duplicates():
-    with pytest.warns(UserWarning, match="dropped 1 duplicate prompt.*row 3"):
-        tasks = load_tasks(os.path.join(FIX, "gsm8k_like.jsonl"), "question", "answer", suffix=BOXED_SUFFIX)
+def test_load_jsonl_with_gsm8k_answers(tmp_path):
+    lines = open(os.path.join(FIX, "gsm8k_like.jsonl")).read().splitlines()
+    with pytest.raises(DataError, match=r"gsm8k_like.jsonl:4: duplicate prompt \(the same as line 2\)"):
+        load_tasks(os.path.join(FIX, "gsm8k_like.jsonl"), "question", "answer")
+    (tmp_path / "g.jsonl").write_text("\n".join(lines[:3] + lines[4:]) + "\n\n")     # blank lines are skipped
+    tasks = load_tasks(str(tmp_path / "g.jsonl"), "question", "answer", suffix=BOXED_SUFFIX)
     assert [t.answer for t in tasks] == ["72", "10", "3", "1000"]
     assert all(t.prompt.endswith(BOXED_SUFFIX) for t in tasks)
 
@@ -94,13 +97,51 @@ def test_load_csv_and_parquet_with_boxed_solutions(tmp_path):
     assert tasks == [Task("What is 2 + 2?", "4"), Task("What is 3 + 3?", "6")]
 
 
-def test_bad_datasets_name_the_row_or_field(tmp_path):
-    with pytest.raises(ValueError, match="row 2 has no 'answer'"):
-        load_tasks(os.path.join(FIX, "missing_answer.jsonl"))
-    with pytest.raises(ValueError, match="no column 'question'.*--prompt-field"):
-        load_tasks(os.path.join(FIX, "missing_answer.jsonl"), prompt_field="question")
-    (tmp_path / "empty.csv").write_text("prompt,answer\n")
-    with pytest.raises(ValueError, match="empty"):
-        load_tasks(str(tmp_path / "empty.csv"))
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+GOOD = '{"prompt": "What is 1 + 1?", "answer": "2"}\n'
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("empty.jsonl", "", r"empty.jsonl: no rows: the dataset is empty"),
+    ("blank.jsonl", "\n\n", r"blank.jsonl: no rows"),
+    ("header_only.csv", "prompt,answer\n", r"header_only.csv: no rows"),
+    ("malformed.jsonl", GOOD + '{"prompt": "x", "answer": }\n', r"malformed.jsonl:2: malformed JSON \(Expecting value"),
+    ("missing_col.jsonl", GOOD + '{"prompt": "What is 2 + 2?"}\n', r"missing_col.jsonl:2: no column 'answer' \(set --answer-field\)"),
+    ("empty_prompt.jsonl", GOOD + '{"prompt": "  ", "answer": "4"}\n', r"empty_prompt.jsonl:2: empty 'prompt'"),
+    ("empty_answer.csv", "prompt,answer\nWhat is 1 + 1?,2\nWhat is 2 + 2?,\n", r"empty_answer.csv:3: empty 'answer'"),
+    ("null_answer.jsonl", '{"prompt": "What is 2 + 2?", "answer": null}\n', r"null_answer.jsonl:1: empty 'answer'"),
+    ("wrong_type.jsonl", GOOD + '{"prompt": {"text": "hi"}, "answer": "4"}\n', r"wrong_type.jsonl:2: 'prompt' is dict"),
+    ("list_answer.jsonl", '{"prompt": "What is 2 + 2?", "answer": [4]}\n', r"list_answer.jsonl:1: 'answer' is list"),
+    ("not_object.jsonl", GOOD + '["What is 2 + 2?", "4"]\n', r"not_object.jsonl:2: a JSON list, expected an object"),
+    ("dupe.jsonl", GOOD + '{"prompt": "What is 3 + 3?", "answer": "6"}\n' + GOOD, r"dupe.jsonl:3: duplicate prompt \(the same as line 1\)"),
+    ("dupe.csv", "prompt,answer\nWhat is 1 + 1?,2\nWhat is 1 + 1?,2\n", r"dupe.csv:3: duplicate prompt \(the same as line 2\)"),
+    ("extra_cells.csv", "prompt,answer\nWhat is 1, really?,2\n", r"extra_cells.csv:2: 3 cells but the header has 2 columns"),
+    ("latin1.jsonl", GOOD.encode() + '{"prompt": "Qu\u00e9?", "answer": "1"}\n'.encode("latin-1"), r"latin1.jsonl:2: not UTF-8"),
+    ("array.json", '[{"prompt": "a", "answer": "1"}, {"prompt": "b"}]', r"array.json: item 1: no column 'answer'"),
+])
+def test_bad_data_names_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError, match=message):
+        load_tasks(str(path))
+
+
+def test_bad_parquet_and_unreadable_files(tmp_path):
+    import pandas as pd
+    pd.DataFrame({"prompt": ["What is 2 + 2?", ""], "answer": ["4", "6"]}).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"t.parquet: row 1: empty 'prompt'"):
+        load_tasks(str(tmp_path / "t.parquet"))
+    pd.DataFrame({"prompt": [], "answer": []}).to_parquet(tmp_path / "none.parquet")
+    with pytest.raises(DataError, match=r"none.parquet: no rows"):
+        load_tasks(str(tmp_path / "none.parquet"))
+    (tmp_path / "garbage.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"garbage.parquet: not a readable Parquet file"):
+        load_tasks(str(tmp_path / "garbage.parquet"))
+    with pytest.raises(DataError, match=r"nope.jsonl: no such file"):
         load_tasks(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(DataError, match=r"folder.jsonl: cannot read it \(Is a directory\)"):
+        load_tasks(str(tmp_path / "folder.jsonl"))
+    with pytest.raises(DataError, match=r"missing_answer.jsonl:3: empty 'answer'"):
+        load_tasks(os.path.join(FIX, "missing_answer.jsonl"))
+    with pytest.raises(DataError, match=r"missing_answer.jsonl:1: no column 'question' \(set --prompt-field\)"):
+        load_tasks(os.path.join(FIX, "missing_answer.jsonl"), prompt_field="question")

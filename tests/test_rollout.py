@@ -81,3 +81,28 @@ def test_qlora_4bit_base_trains_its_adapter(prompts):
     # NF4 kernels differ between cached decoding and a full forward: measured mean 0.011 here, under
     # the tolerance; fp32 LoRA agrees to 1e-5 (test above)
     assert check_sync(model, samples, tok.pad_token_id, 1.0)["mean"] < SYNC_TOLERANCE
+
+
+def test_length_bucketed_scoring_equals_scoring_each_row_alone(policy, prompts):
+    """sequence_logprobs sorts rows by length into micro-batches (less padding): the result is in the input
+    order and equals each row scored alone; the mask marks exactly each row's completion tokens."""
+    model, tok, _ = policy
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    comps = [[11, 12, 13][:k] or [11] for k in (3, 1, 2, 3, 1, 2)]
+    p_ids = [ids[0], ids[1] + ids[2], ids[3], ids[4] + ids[5] + ids[0], ids[1], ids[2]]   # very unequal lengths
+    with torch.no_grad():
+        logp, mask = sequence_logprobs(model, p_ids, comps, tok.pad_token_id, 1.0, micro_batch=2)
+        assert mask.tolist() == [[1.0] * len(c) + [0.0] * (3 - len(c)) for c in comps]
+        for i, (p, c) in enumerate(zip(p_ids, comps)):
+            alone, _ = sequence_logprobs(model, [p], [c], tok.pad_token_id, 1.0)
+            assert torch.allclose(logp[i, :len(c)], alone[0], atol=1e-5), i
+
+
+def test_compare_logprobs_is_the_sync_check_on_numbers_at_hand():
+    from rollout import SyncError, compare_logprobs
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    trainer = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -9.0, -9.0]])
+    engine = torch.tensor([[-1.01, -2.0, 0.0], [-0.5, 0.0, 0.0]])       # padding differs, is masked out
+    assert compare_logprobs(trainer, engine, mask) == pytest.approx({"mean": 0.01 / 3, "max": 0.01}, abs=1e-6)
+    with pytest.raises(SyncError, match=r"mean \|delta log p\| = 0.1000 > 0.02"):
+        compare_logprobs(trainer, engine - torch.tensor([[0.3, 0.0, 0.0], [0.0, 0.0, 0.0]]), mask)

@@ -1,0 +1,147 @@
+"""The default SPO run against the peer a user would pick instead: TRL's GRPOTrainer, side by side.
+
+    pip install trl==1.16.0                  # optional bench dependency (pip install -e ".[bench]")
+    python bench/vs_trl.py                   # 3 seeds x (TRL GRPO, our GRPO, our SPO), ~45 min on 2 cores
+    python bench/vs_trl.py --seeds 1 --steps 2 --n-eval 4    # smoke run
+
+Same task (the embedded pool and held-out set of each seed), model (SmolLM2-135M-Instruct, fp32), LoRA
+(r 16, alpha 32, the 7 projections), learning rate 2e-4 (constant), 16 responses per step with 2 optimizer
+updates, T = 1, the same new-token budget, the same chat prompt and the same reward function, --steps
+steps. TRL runs with its defaults otherwise (its own loss, epsilon 0.2, no KL), a constant learning rate
+and no gradient checkpointing (the faster and better of the two TRL settings measured). Every arm is
+evaluated by one function, train.evaluate: held-out avg@k at T = 1 and greedy accuracy.
+
+Prints, per seed and arm, held-out (sampled and greedy) at the start and the end and seconds per step
+(the training loop only: SPO's offline init and all evaluations excluded, reported separately), then
+medians and the paired differences SPO - TRL and SPO - our GRPO. Run it alone: two torch processes slow
+each other ~10x.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+ARMS = ["TRL GRPO 4x4", "our GRPO 4x4", "our SPO (default)"]
+
+
+def ours(arm: str, seed: int, a, out: str) -> dict:
+    import train as T
+    extra = dict(algo="grpo", group_size=4) if "GRPO" in arm else {}
+    cfg = T.Config(seed=seed, steps=a.steps, eval_every=0, n_eval=a.n_eval, save_every=0, overwrite=True,
+                   output_dir=os.path.join(out, f"{arm.split()[1]}-s{seed}"), **extra)
+    t = time.time()
+    res = T.train(cfg)
+    step_s = [m["time/step"] for m in res["history"]]
+    return {"start": res["first_eval"], "end": res["final_eval"], "s_per_step": statistics.mean(step_s),
+            "wall": time.time() - t}
+
+
+def trl(seed: int, a, out: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    import train as T
+    from data import EMBEDDED_SYSTEM_PROMPT, RewardFn, chat_prompt, embedded_tasks
+    from rollout import HFEngine, LoraArgs, load_policy
+    cfg = T.Config(seed=seed, n_eval=a.n_eval)
+    torch.manual_seed(seed)
+    model, tok, _ = load_policy(lora=LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+    train, held = embedded_tasks(cfg.n_train, cfg.n_eval, seed=seed)
+    fmt = {t.prompt: chat_prompt(tok, t.prompt, EMBEDDED_SYSTEM_PROMPT) for t in train + held}
+    ds = Dataset.from_list([{"prompt": [{"role": "system", "content": EMBEDDED_SYSTEM_PROMPT},
+                                        {"role": "user", "content": t.prompt}], "answer": t.answer} for t in train])
+    rf = RewardFn()
+
+    def reward(completions, answer, **_):
+        return [rf(c[0]["content"] if isinstance(c, list) else c, g) for c, g in zip(completions, answer)]
+
+    engine = HFEngine(model, tok)
+    start = T.evaluate(cfg, engine, held, fmt)
+    args = GRPOConfig(
+        output_dir=os.path.join(out, f"TRL-s{seed}"), seed=seed, use_cpu=True, bf16=False, report_to="none",
+        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=False,
+        num_generations=4, per_device_train_batch_size=cfg.batch_size // cfg.num_minibatches,
+        steps_per_generation=cfg.num_minibatches,                  # 16 responses, 2 optimizer updates each
+        max_steps=a.steps * cfg.num_minibatches, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, save_strategy="no", logging_steps=cfg.num_minibatches)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok)
+    t = time.time()
+    trainer.train()
+    wall = time.time() - t
+    end = T.evaluate(cfg, HFEngine(trainer.model, tok), held, fmt)
+    return {"start": start, "end": end, "s_per_step": wall / a.steps, "wall": wall}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="default: train.py's default --steps")
+    p.add_argument("--n-eval", type=int, default=32)
+    p.add_argument("--out", default="bench/results/vs_trl")
+    p.add_argument("--arm", default=None, help=argparse.SUPPRESS)       # child process: one arm, one seed
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    import train as T
+    a.steps = a.steps or T.Config().steps
+    runs_dir = "/tmp/spo-vs-trl"
+    if a.arm:                                # one arm in a fresh process: no state leaks between arms
+        res = trl(a.seed, a, runs_dir) if a.arm.startswith("TRL") else ours(a.arm, a.seed, a, runs_dir)
+        print("RESULT " + json.dumps(res))
+        return
+    import subprocess
+    os.makedirs(a.out, exist_ok=True)
+    log = os.path.join(a.out, "runs.jsonl")
+    rows = []
+    for seed in range(a.seeds):
+        for arm in ARMS:
+            r = subprocess.run([sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--steps", str(a.steps),
+                                "--n-eval", str(a.n_eval)], capture_output=True, text=True, cwd=ROOT)
+            line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{arm} seed {seed} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+            row = {"arm": arm, "seed": seed, "steps": a.steps, **json.loads(line[7:])}
+            rows.append(row)
+            with open(log, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{arm:18s} seed {seed}: avg@4 {row['start']['eval/avg@4']:.3f} -> {row['end']['eval/avg@4']:.3f}  "
+                  f"greedy {row['start']['eval/greedy']:.3f} -> {row['end']['eval/greedy']:.3f}  "
+                  f"{row['s_per_step']:.1f} s/step", flush=True)
+    print(report(rows, a.steps))
+    with open(os.path.join(a.out, "vs_trl.md"), "w") as f:
+        f.write(report(rows, a.steps))
+
+
+def report(rows: list, steps: int) -> str:
+    get = {(r["arm"], r["seed"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    out = [f"\n{steps} steps x 16 responses, held-out 32 problems (avg@4 at T = 1 | greedy), per seed\n",
+           "| arm | start avg@4 / greedy | end avg@4 per seed | end greedy per seed | median end avg@4 / greedy "
+           "| s/step |", "|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        rs = [get[arm, s] for s in seeds if (arm, s) in get]
+        if not rs:
+            continue
+        ea, eg = [r["end"]["eval/avg@4"] for r in rs], [r["end"]["eval/greedy"] for r in rs]
+        out.append(f"| {arm} | {statistics.median(r['start']['eval/avg@4'] for r in rs):.3f} / "
+                   f"{statistics.median(r['start']['eval/greedy'] for r in rs):.3f} | {' '.join(f'{x:.2f}' for x in ea)} "
+                   f"| {' '.join(f'{x:.2f}' for x in eg)} | **{statistics.median(ea):.3f} / {statistics.median(eg):.3f}** "
+                   f"| {statistics.median(r['s_per_step'] for r in rs):.1f} |")
+    for other in ARMS[:2]:
+        for key in ("eval/avg@4", "eval/greedy"):
+            d = [get[ARMS[2], s]["end"][key] - get[other, s]["end"][key] for s in seeds
+                 if (ARMS[2], s) in get and (other, s) in get]
+            if d:
+                se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+                out.append(f"\nSPO - {other}, {key}, paired by seed: {statistics.mean(d):+.3f} +/- {se:.3f} (s.e., "
+                           f"{len(d)} seeds; SPO ahead in {sum(x > 0 for x in d)}, tied in {sum(x == 0 for x in d)})")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -4,13 +4,16 @@
                     and short word problems in graded levels, deterministic by seed, split into a
                     training pool and a held-out set. `python train.py` learns this, offline.
 - `load_tasks`      a local JSONL / Parquet / CSV file or a hub dataset via `datasets`, with presets
-                    for DAPO-Math-17k (the paper's data), GSM8K and MATH. Rows are checked: a missing
-                    prompt or answer is an error naming the row; duplicate prompts are dropped with a
-                    warning (the value tracker keys on the prompt text).
+                    for DAPO-Math-17k (the paper's data), GSM8K and MATH. Every row is checked: a
+                    problem in a local file is a DataError naming FILE:LINE (duplicate prompts too:
+                    the value tracker keys on the prompt text); hub duplicates are dropped, warned.
+- `read_tasks`, `format_tasks`  what train.py's Config asks for: the tasks, checked before anything else
+                    runs (a bad file is a DataError naming FILE:LINE), and their chat-formatted prompts.
 - `chat_prompt`     the chat template applied to a task (system prompt, Qwen3 `enable_thinking`).
 - `extract_answer`, `is_correct`, `RewardFn`: binary correctness (paper §4, footnote 1). Strip any
                     <think>...</think>, take the last \\boxed{} (else `####`, else the last number),
                     verify with math-verify; a reward never crashes the run: errors give 0, counted.
+- `evaluate`        held-out avg@k / pass@k / maj@k and greedy accuracy of an engine (paper App. D).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ class Task:
 # ============================================================== the embedded task family
 
 # The embedded task's system message: shorter than SmolLM2's default ("You are a helpful AI assistant named
-# SmolLM, trained by Hugging Face"), so every forward pass sees ~24 % fewer prompt tokens.
+# SmolLM, trained by Hugging Face"), so every forward pass sees 11 fewer prompt tokens (36 instead of 47).
 EMBEDDED_SYSTEM_PROMPT = "You are a calculator."
 
 _NAMES = ["Tom", "Ana", "Sam", "Mia", "Leo", "Zoe", "Ben", "Ivy"]
@@ -163,7 +166,8 @@ def load_tasks(source: str, prompt_field: str | None = None, answer_field: str |
                                 "on the prompt text; remove or reword one of them")
             dupes.append(where)
             continue
-        first_line[p] = where.rsplit(":", 1)[-1].strip() if local else where
+        at = where[len(source) + 1:].strip()                        # "12" (a line), "row 3" or "item 3"
+        first_line[p] = f"line {at}" if at.isdigit() else at
         tasks.append(Task(p, gold_answer(a)))
         if limit and len(tasks) >= limit:
             break
@@ -181,12 +185,12 @@ def _local_rows(path: str):
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     if ext == ".parquet":
-        import datasets as hf_datasets
+        import pyarrow.parquet as pq                    # what `datasets` reads Parquet with
         try:
-            ds = hf_datasets.load_dataset("parquet", data_files=path, split="train")
+            rows = pq.read_table(path).to_pylist()
         except Exception as e:  # noqa: BLE001 - any reader failure is the file's problem
             raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e)[:120]})") from None
-        yield from ((f"{path}: row {i}", row) for i, row in enumerate(ds))
+        yield from ((f"{path}: row {i}", row) for i, row in enumerate(rows))
         return
     try:
         with open(path, "rb") as f:
@@ -235,6 +239,41 @@ def _hub_rows(source: str, preset, split):
     ds = hf_datasets.load_dataset(preset.path, preset.config, split=split or preset.split) if preset else \
         hf_datasets.load_dataset(source, split=split or "train")
     yield from ((f"{source}: row {i}", row) for i, row in enumerate(ds))
+
+
+# ============================================================== what train.py asks for
+
+
+def read_tasks(cfg):
+    """(train tasks, held-out tasks) for train.Config `cfg`, read and checked before anything is loaded or
+    written: a bad file stops here with a DataError naming FILE:LINE."""
+    if cfg.dataset == "embedded":
+        return embedded_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
+    train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)
+    held = load_tasks(cfg.eval_dataset, cfg.prompt_field, cfg.answer_field, limit=cfg.n_eval) \
+        if cfg.eval_dataset else []
+    return train, held
+
+
+def system_message(cfg) -> str | None:
+    """The chat system message --system-prompt asks for ('auto': the embedded task's instruction)."""
+    if cfg.system_prompt != "auto":
+        return cfg.system_prompt
+    return EMBEDDED_SYSTEM_PROMPT if cfg.dataset == "embedded" else None
+
+
+def format_tasks(cfg, tok, train, held):
+    """(train, held, chat-formatted prompt per task), over-long prompts dropped and counted."""
+    fmt = {t.prompt: chat_prompt(tok, t.prompt, system_message(cfg), cfg.enable_thinking) for t in train + held}
+    too_long = {p for p, s in fmt.items() if len(tok(s, add_special_tokens=False)["input_ids"]) > cfg.max_prompt_length}
+    if too_long:
+        print(f"dropped {len(too_long)} prompt(s) longer than --max-prompt-length {cfg.max_prompt_length} tokens")
+        train = [t for t in train if t.prompt not in too_long]
+        held = [t for t in held if t.prompt not in too_long]
+    prompts = cfg.batch_size // (cfg.group_size if cfg.algo == "grpo" else 1)
+    if len(train) < prompts:
+        raise DataError(f"{len(train)} training prompts, fewer than the {prompts} a step needs (--batch-size)")
+    return train, held, fmt
 
 
 def chat_prompt(tokenizer, prompt: str, system_prompt: str | None = None,
@@ -334,7 +373,34 @@ class RewardFn:
             return 0.0
 
 
-# ============================================================== evaluation metrics (paper App. D)
+# ============================================================== evaluation (paper App. D)
+
+
+def evaluate(cfg, engine, held: list, fmt: dict) -> dict:
+    """Held-out avg@k, pass@k (unbiased) and maj@k at --eval-temperature (paper App. D), and greedy accuracy
+    (T = 0, one response per problem): avg@k rises both when the policy knows more and when it merely
+    gets sharper (less random); greedy accuracy moves only with the first. `engine.generate` samples,
+    `fmt` maps a task's prompt to its chat-formatted text; cfg gives eval_k, eval_temperature and
+    max_completion_length (train.Config)."""
+    if not held:
+        return {}
+    k, rf = cfg.eval_k, RewardFn()
+    prompts = [fmt[t.prompt] for t in held]
+    out = engine.generate([p for p in prompts for _ in range(k)], cfg.max_completion_length,
+                          cfg.eval_temperature, seed=10_007)
+    greedy = engine.generate(prompts, cfg.max_completion_length, 0.0)
+    avg = pas = maj = 0.0
+    for j, t in enumerate(held):
+        texts = [o.text for o in out[j * k:(j + 1) * k]]
+        r = [rf(x, t.answer) for x in texts]
+        avg += sum(r) / k
+        pas += pass_at_k(k, int(sum(r)), k)
+        maj += majority_correct([extract_answer(x) for x in texts], r)
+    n = len(held)
+    return {f"eval/avg@{k}": avg / n, f"eval/pass@{k}": pas / n, f"eval/maj@{k}": maj / n,
+            "eval/greedy": sum(rf(o.text, t.answer) for o, t in zip(greedy, held)) / n}
+
+
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

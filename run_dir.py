@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
 
 import torch
@@ -135,3 +136,19 @@ def plot(out_dir: str, history: list, evals: list) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "curves.png"), dpi=90)
     plt.close(fig)
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM: the first lets the step in flight finish, then the loop saves and exits (`signal` holds
+    the signal's name); a second stops at once without saving."""
+
+    def __init__(self, say=print):
+        self.signal, self.say = None, say
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, sig, _frame) -> None:
+        if self.signal:
+            raise KeyboardInterrupt(f"second {signal.Signals(sig).name}: stopping without saving")
+        self.signal = signal.Signals(sig).name
+        self.say(f"\n{self.signal}: finishing step, then saving a checkpoint (again to stop at once)")

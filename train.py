@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from config import Config, ConfigError, apply_profile, validate  # noqa: F401 (train.Config etc. for callers)
-from data import EMBEDDED_SYSTEM_PROMPT, DataError, RewardFn, chat_prompt, embedded_tasks, extract_answer, load_tasks, majority_correct, pass_at_k
+from data import DataError, RewardFn, evaluate, format_tasks, read_tasks
 from dist import Dist, state_hash
-from run_dir import Logger, load_adapter, load_checkpoint, plot, save_checkpoint
+from run_dir import GracefulStop, Logger, load_adapter, load_checkpoint, plot, save_checkpoint
 from rollout import LoraArgs, check_sync, compare_logprobs, load_policy, make_engine, pad_logprobs, sequence_logprobs
 from sampler import PrioritizedSampler, priority_weights
 from spo import degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages
@@ -44,31 +43,16 @@ from tracker import ValueTracker
 # ============================================================== setup helpers
 
 
-def read_tasks(cfg: Config):
-    """(train tasks, held-out tasks), read and checked before anything is loaded or written: a bad file
-    stops here with a DataError naming FILE:LINE."""
-    if cfg.dataset == "embedded":
-        return embedded_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
-    train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)
-    held = load_tasks(cfg.eval_dataset, cfg.prompt_field, cfg.answer_field, limit=cfg.n_eval) \
-        if cfg.eval_dataset else []
-    return train, held
-
-
-def format_tasks(cfg: Config, tok, train, held):
-    """(train, held, chat-formatted prompt per task), over-long prompts dropped and counted."""
-    system = cfg.system_prompt if cfg.system_prompt != "auto" else \
-        (EMBEDDED_SYSTEM_PROMPT if cfg.dataset == "embedded" else None)
-    fmt = {t.prompt: chat_prompt(tok, t.prompt, system, cfg.enable_thinking) for t in train + held}
-    too_long = {p for p, s in fmt.items() if len(tok(s, add_special_tokens=False)["input_ids"]) > cfg.max_prompt_length}
-    if too_long:
-        print(f"dropped {len(too_long)} prompt(s) longer than --max-prompt-length {cfg.max_prompt_length} tokens")
-        train = [t for t in train if t.prompt not in too_long]
-        held = [t for t in held if t.prompt not in too_long]
-    prompts = cfg.batch_size // (cfg.group_size if cfg.algo == "grpo" else 1)
-    if len(train) < prompts:
-        raise ConfigError(f"{len(train)} training prompts, fewer than the {prompts} a step needs (--batch-size)")
-    return train, held, fmt
+def load_model_and_engine(cfg: Config, dist: Dist, adapter: str | None):
+    """The policy (LoRA, or QLoRA on a 4-bit base), with a saved adapter loaded if given, and its engine."""
+    model, tok, path = load_policy(cfg.model, LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
+                                   cfg.load_in_4bit)
+    if adapter:
+        load_adapter(model, adapter, cfg.lora_r)
+    engine = make_engine(cfg.engine, model, tok, path, max_prompt_length=cfg.max_prompt_length,
+                         max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed + dist.rank,
+                         gpu_memory_utilization=cfg.gpu_memory_utilization, load_in_4bit=cfg.load_in_4bit)
+    return model, tok, engine
 
 
 def offline_init(cfg: Config, tracker: ValueTracker, engine, train, fmt, reward_fn, dist) -> None:
@@ -115,29 +99,6 @@ def offline_init(cfg: Config, tracker: ValueTracker, engine, train, fmt, reward_
     dist.say(f"offline values -> {path} (reuse with --offline-values): mean success {rates.mean():.3f}, "
              f"{np.mean((rates > 0) & (rates < 1)):.0%} of prompts strictly between 0 and 1")
     tracker.init_from_offline(list(table), list(table.values()))
-
-
-def evaluate(cfg: Config, engine, held, fmt) -> dict:
-    """Held-out avg@k, pass@k (unbiased) and maj@k at --eval-temperature (paper App. D), and greedy accuracy
-    (T = 0, one response per problem): avg@k rises both when the policy knows more and when it merely
-    gets sharper (less random); greedy accuracy moves only with the first."""
-    if not held:
-        return {}
-    k, rf = cfg.eval_k, RewardFn()
-    prompts = [fmt[t.prompt] for t in held]
-    out = engine.generate([p for p in prompts for _ in range(k)], cfg.max_completion_length,
-                          cfg.eval_temperature, seed=10_007)
-    greedy = engine.generate(prompts, cfg.max_completion_length, 0.0)
-    avg = pas = maj = 0.0
-    for j, t in enumerate(held):
-        texts = [o.text for o in out[j * k:(j + 1) * k]]
-        r = [rf(x, t.answer) for x in texts]
-        avg += np.mean(r)
-        pas += pass_at_k(k, int(sum(r)), k)
-        maj += majority_correct([extract_answer(x) for x in texts], r)
-    n = len(held)
-    return {f"eval/avg@{k}": avg / n, f"eval/pass@{k}": pas / n, f"eval/maj@{k}": maj / n,
-            "eval/greedy": float(np.mean([rf(o.text, t.answer) for o, t in zip(greedy, held)]))}
 
 
 # ============================================================== one step, as named phases
@@ -393,18 +354,10 @@ def train(cfg: Config) -> dict:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, min((os.cpu_count() or 1) // local, 8)))
     os.makedirs(cfg.output_dir, exist_ok=True)
-    state = None
-    if cfg.resume:
-        ckpt_dir, state = load_checkpoint(cfg.resume)
-    model, tok, path = load_policy(cfg.model, LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
-                                   cfg.load_in_4bit)
+    ckpt_dir, state = load_checkpoint(cfg.resume) if cfg.resume else (None, None)
     adapter = os.path.join(ckpt_dir, "adapter") if state is not None else cfg.eval_only or cfg.init_adapter
-    if adapter:
-        load_adapter(model, adapter, cfg.lora_r)
+    model, tok, engine = load_model_and_engine(cfg, dist, adapter)
     train_tasks, held, fmt = format_tasks(cfg, tok, *tasks)
-    engine = make_engine(cfg.engine, model, tok, path, max_prompt_length=cfg.max_prompt_length,
-                         max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed + dist.rank,
-                         gpu_memory_utilization=cfg.gpu_memory_utilization, load_in_4bit=cfg.load_in_4bit)
     if cfg.eval_only:
         res = evaluate(cfg, engine, held, fmt) if dist.main else {}
         dist.say(json.dumps(res))
@@ -424,16 +377,7 @@ def train(cfg: Config) -> dict:
     if tr.start == 0 and dist.main:
         log.eval(0, evaluate(cfg, engine, held, fmt))
 
-    stop = {"signal": None}
-
-    def on_signal(sig, _frame):              # first: finish the step, save, exit; second: exit now
-        if stop["signal"]:
-            raise KeyboardInterrupt(f"second {signal.Signals(sig).name}: stopping without saving")
-        stop["signal"] = signal.Signals(sig).name
-        dist.say(f"\n{stop['signal']}: finishing step, then saving a checkpoint (again to stop at once)")
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-
+    stop = GracefulStop(dist.say)
     for step in range(tr.start + 1, cfg.steps + 1):
         t_step = time.time()
         try:
@@ -443,21 +387,20 @@ def train(cfg: Config) -> dict:
                 log.close()
             raise
         m["time/step"] = time.time() - t_step
-        stopping = dist.gather(stop["signal"])                          # stop together, whichever rank was told
-        stop["signal"] = next((x for x in stopping if x), None)
+        stop.signal = next((x for x in dist.gather(stop.signal) if x), None)  # together, whichever rank was told
         if dist.main:
             log.step(m, batch.samples[0].text, batch.rewards[0], batch.tasks[0])
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 log.eval(step, evaluate(cfg, engine, held, fmt))
-            if (cfg.save_every and step % cfg.save_every == 0) or stop["signal"]:
+            if (cfg.save_every and step % cfg.save_every == 0) or stop.signal:
                 save_checkpoint(cfg, step, tr)
         dist.barrier()
-        if stop["signal"]:
+        if stop.signal:
             if log:
                 log.close()
-            dist.say(f"{stop['signal']}: saved a checkpoint at step {step}; continue with --resume {cfg.output_dir}")
+            dist.say(f"{stop.signal}: saved a checkpoint at step {step}; continue with --resume {cfg.output_dir}")
             dist.close()
-            return {"stopped": stop["signal"], "step": step}
+            return {"stopped": stop.signal, "step": step}
 
     final = evaluate(cfg, engine, held, fmt) if dist.main else {}
     if dist.main:

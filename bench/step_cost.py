@@ -35,10 +35,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--algo", default="spo")
-    p.add_argument("--base-length", type=int, default=24, help="the default --max-completion-length")
+    p.add_argument("--base-length", type=int, default=None, help="default: train.py's --max-completion-length")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--out-dir", default="/tmp/spo-step-cost")
     a = p.parse_args()
+    if a.base_length is None:
+        sys.path.insert(0, ROOT)
+        import config
+        a.base_length = config.Config().max_completion_length
     if a.child is not None:
         return child(a.child, a.steps, a.algo, a.out_dir)
     rows = []

@@ -9,7 +9,7 @@ Same task (the embedded pool and held-out set of each seed), model (SmolLM2-135M
 updates, T = 1, the same new-token budget, the same chat prompt and the same reward function, --steps
 steps. TRL runs with its defaults otherwise (its own loss, epsilon 0.2, no KL), a constant learning rate
 and no gradient checkpointing (the faster and better of the two TRL settings measured). Every arm is
-evaluated by one function, train.evaluate: held-out avg@k at T = 1 and greedy accuracy.
+evaluated by one function, data.evaluate: held-out avg@k at T = 1 and greedy accuracy.
 
 Prints, per seed and arm, held-out (sampled and greedy) at the start and the end and seconds per step
 (the training loop only: SPO's offline init and all evaluations excluded, reported separately), then
@@ -46,15 +46,15 @@ def trl(seed: int, a, out: str) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     import train as T
-    from data import EMBEDDED_SYSTEM_PROMPT, RewardFn, chat_prompt, embedded_tasks
+    from data import RewardFn, format_tasks, read_tasks, system_message
     from rollout import HFEngine, LoraArgs, load_policy
     cfg = T.Config(seed=seed, n_eval=a.n_eval)
     torch.manual_seed(seed)
     model, tok, _ = load_policy(lora=LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
-    train, held = embedded_tasks(cfg.n_train, cfg.n_eval, seed=seed)
-    fmt = {t.prompt: chat_prompt(tok, t.prompt, EMBEDDED_SYSTEM_PROMPT) for t in train + held}
-    ds = Dataset.from_list([{"prompt": [{"role": "system", "content": EMBEDDED_SYSTEM_PROMPT},
-                                        {"role": "user", "content": t.prompt}], "answer": t.answer} for t in train])
+    train, held, fmt = format_tasks(cfg, tok, *read_tasks(cfg))     # train.py's tasks and chat prompts
+    system = [{"role": "system", "content": system_message(cfg)}] if system_message(cfg) else []
+    ds = Dataset.from_list([{"prompt": system + [{"role": "user", "content": t.prompt}], "answer": t.answer}
+                            for t in train])
     rf = RewardFn()
 
     def reward(completions, answer, **_):
@@ -81,6 +81,8 @@ def trl(seed: int, a, out: str) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1 and "
+                   "add them to the recorded runs.jsonl (the report covers every recorded run)")
     p.add_argument("--steps", type=int, default=None, help="default: train.py's default --steps")
     p.add_argument("--n-eval", type=int, default=32)
     p.add_argument("--out", default="bench/results/vs_trl")
@@ -97,8 +99,9 @@ def main():
     import subprocess
     os.makedirs(a.out, exist_ok=True)
     log = os.path.join(a.out, "runs.jsonl")
-    rows = []
-    for seed in range(a.seeds):
+    if a.first_seed == 0 and os.path.exists(log):
+        os.remove(log)                       # a fresh record; --first-seed N adds to it
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         for arm in ARMS:
             r = subprocess.run([sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--steps", str(a.steps),
                                 "--n-eval", str(a.n_eval)], capture_output=True, text=True, cwd=ROOT)
@@ -106,15 +109,16 @@ def main():
             if line is None:
                 sys.exit(f"{arm} seed {seed} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
             row = {"arm": arm, "seed": seed, "steps": a.steps, **json.loads(line[7:])}
-            rows.append(row)
             with open(log, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{arm:18s} seed {seed}: avg@4 {row['start']['eval/avg@4']:.3f} -> {row['end']['eval/avg@4']:.3f}  "
                   f"greedy {row['start']['eval/greedy']:.3f} -> {row['end']['eval/greedy']:.3f}  "
                   f"{row['s_per_step']:.1f} s/step", flush=True)
+    with open(log) as f:
+        rows = [r for r in map(json.loads, f) if r["steps"] == a.steps]
     print(report(rows, a.steps))
     with open(os.path.join(a.out, "vs_trl.md"), "w") as f:
-        f.write(report(rows, a.steps))
+        f.write(f"`python bench/vs_trl.py {' '.join(sys.argv[1:])}`\n" + report(rows, a.steps))
 
 
 def report(rows: list, steps: int) -> str:

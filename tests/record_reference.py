@@ -6,7 +6,6 @@ Run it on the code whose behaviour is the reference (it was recorded before the 
 phases), then keep the file: tests/test_train.py::test_loop_matches_recorded_reference replays each
 run and compares metrics, tracker, sampler and adapter.
 """
-import dataclasses
 import hashlib
 import json
 import os

@@ -80,7 +80,7 @@ def test_embedded_tasks_are_deterministic_disjoint_and_exact():
 
 def test_load_jsonl_with_gsm8k_answers(tmp_path):
     lines = open(os.path.join(FIX, "gsm8k_like.jsonl")).read().splitlines()
-    with pytest.raises(DataError, match=r"gsm8k_like.jsonl:4: duplicate prompt \(the same as line 2\)"):
+    with pytest.raises(DataError, match=r"gsm8k_like.jsonl:4: duplicate prompt \(the same as line 3\)"):
         load_tasks(os.path.join(FIX, "gsm8k_like.jsonl"), "question", "answer")
     (tmp_path / "g.jsonl").write_text("\n".join(lines[:3] + lines[4:]) + "\n\n")     # blank lines are skipped
     tasks = load_tasks(str(tmp_path / "g.jsonl"), "question", "answer", suffix=BOXED_SUFFIX)

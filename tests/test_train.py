@@ -68,7 +68,7 @@ def test_spo_run_end_to_end(tmp_path):
     again = str(tmp_path / "again")
     T.train(T.Config(steps=0, output_dir=again, offline_values=os.path.join(run, "offline_values.json"), **TINY))
     st = torch.load(os.path.join(again, "ckpt", "state.pt"), weights_only=False)["tracker"]
-    assert st["alpha"] == pytest.approx([8 * (sum(table[k]) + 0.5) / 3 for k in st["keys"]])
+    assert st["alpha"] == pytest.approx([2 * (sum(table[k]) + 0.5) / 3 for k in st["keys"]])   # N0 = 1/(1 - 0.5)
     # the saved adapter evaluates as it did at the end of the run, alone and as the start of a new run
     adapter = os.path.join(run, "adapter")
     assert T.train(T.Config(eval_only=adapter, output_dir=str(tmp_path / "ev"), **TINY)) == res["final_eval"]
@@ -153,8 +153,11 @@ def test_loop_matches_recorded_reference(tmp_path):
             assert got["tracker"][k] == pytest.approx(want["tracker"][k], rel=1e-6), name
         assert len(got["metrics"]) == len(want["metrics"]), name
         for g, w in zip(got["metrics"], want["metrics"]):
-            assert {k: g[k] for k in w} == pytest.approx(w, rel=1e-6, abs=1e-9, nan_ok=True), (name, w["step"])
-        assert got["adapter_sums"] == pytest.approx(want["adapter_sums"], rel=1e-6, abs=1e-9), name
+            # float noise only: length-bucketed scoring sums in another order (drift, approx_kl differ ~1e-5)
+            assert {k: g[k] for k in w} == pytest.approx(w, rel=1e-4, abs=1e-7, nan_ok=True), (name, w["step"])
+        # per-tensor sums: Adam turns the bucketing's float noise in near-zero gradients into up to 0.3 % of a
+        # sum (measured); a changed advantage or loss moves them by tens of percent
+        assert got["adapter_sums"] == pytest.approx(want["adapter_sums"], rel=1e-2, abs=1e-4), name
 
 
 def test_greedy_eval_is_the_temperature_zero_answer(policy):
@@ -184,7 +187,7 @@ def test_bad_data_is_one_line_before_anything_is_touched(tmp_path):
     bad.write_text('{"prompt": "What is 1 + 1?", "answer": "2"}\n{"prompt": "What is 2 + 2?" "answer": "4"}\n')
     r = _cli("--dataset", str(bad), "--output-dir", str(run), "--overwrite")
     assert r.returncode == 1, r.stderr[-2000:]
-    assert r.stderr.strip() == f"error: {bad}:2: malformed JSON (Expecting ',' delimiter, column 32); each line " \
+    assert r.stderr.strip() == f"error: {bad}:2: malformed JSON (Expecting ',' delimiter, column 29); each line " \
                                "must be one JSON object"
     assert "Traceback" not in r.stdout + r.stderr and "Loading" not in r.stdout + r.stderr
     assert sorted((p.relative_to(run), p.read_bytes() if p.is_file() else b"") for p in run.rglob("*")) == before

@@ -83,6 +83,8 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1 and "
                    "add them to the recorded runs.jsonl (the report covers every recorded run)")
+    p.add_argument("--arms", nargs="+", default=None, help="a subset of the arms, e.g. to finish a seed cut short: "
+                   + " | ".join(repr(x) for x in ARMS))
     p.add_argument("--steps", type=int, default=None, help="default: train.py's default --steps")
     p.add_argument("--n-eval", type=int, default=32)
     p.add_argument("--out", default="bench/results/vs_trl")
@@ -99,10 +101,10 @@ def main():
     import subprocess
     os.makedirs(a.out, exist_ok=True)
     log = os.path.join(a.out, "runs.jsonl")
-    if a.first_seed == 0 and os.path.exists(log):
+    if a.first_seed == 0 and not a.arms and os.path.exists(log):
         os.remove(log)                       # a fresh record; --first-seed N adds to it
     for seed in range(a.first_seed, a.first_seed + a.seeds):
-        for arm in ARMS:
+        for arm in a.arms or ARMS:
             r = subprocess.run([sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--steps", str(a.steps),
                                 "--n-eval", str(a.n_eval)], capture_output=True, text=True, cwd=ROOT)
             line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -22,7 +22,7 @@ class Config:
     model: str = EMBEDDED_MODEL
     """hub id or local folder of the policy; default: the embedded SmolLM2-135M-Instruct (offline)"""
     dataset: str = "embedded"
-    """'embedded' (procedural arithmetic), a preset (dapo, gsm8k, math), a .jsonl/.parquet/.csv file, or a hub id"""
+    """'embedded' (procedural arithmetic), 'embedded-tools' (products and sums for --tools python), a preset (dapo, gsm8k, math), a .jsonl/.parquet/.csv file, or a hub id"""
     prompt_field: str | None = None
     """dataset column holding the problem (default: the preset's, else 'prompt')"""
     answer_field: str | None = None
@@ -44,7 +44,8 @@ class Config:
     """the official reward gate: 0 unless the response has exactly one </think> (thinking models)"""
     # --- algorithm
     algo: str = "spo"
-    """'spo' (one response per prompt, tracker baseline) or 'grpo' (group_size responses, group baseline)"""
+    """'spo' (one response per prompt, tracker baseline), 'grpo' (group_size responses, group baseline), or
+    'segment' (Segment Policy Optimization, the other "SPO": per-segment Monte Carlo advantages, segment.py)"""
     batch_size: int = 16
     """responses per step (SPO: prompts per step; GRPO: batch_size / group_size prompts x group_size)"""
     group_size: int = 4
@@ -78,6 +79,23 @@ class Config:
     """ablation: draw SPO prompts uniformly instead of by Eq. 11"""
     no_baseline: bool = False
     """ablation: A = r (v_hat = 0), still batch-normalised"""
+    # --- Segment Policy Optimization (--algo segment; Guo et al. 2025, segment.py)
+    segment_partition: str = "cutpoint"
+    """'cutpoint' (a boundary every --segment-interval low-probability tokens: the paper's short-CoT choice)
+    or 'fixed' (every --segment-size tokens)"""
+    cutpoint_threshold: float = 0.9
+    """a response token whose sampling probability is below this is a cutpoint"""
+    segment_interval: int = 5
+    """cutpoints per segment (the paper's int5)"""
+    segment_size: int = 8
+    """tokens per segment with --segment-partition fixed"""
+    mc_rollouts: int = 4
+    """continuations sampled from each segment boundary to estimate V there (Monte Carlo)"""
+    segment_all_tokens: bool = False
+    """put a segment's advantage on all its tokens instead of its cutpoints only (the probability mask)"""
+    token_budget: int = 0
+    """stop when the run has generated this many tokens (responses and MC continuations; not the offline
+    init or evaluations): arms compared at equal generation; 0 = off"""
     # --- generation
     engine: str = "auto"
     """'hf', 'vllm', or 'auto' (vLLM on CUDA when installed, HF on the CPU where it is faster with LoRA)"""
@@ -89,6 +107,20 @@ class Config:
     """new tokens per response (HF generate runs every batch to its longest response)"""
     gpu_memory_utilization: float = 0.3
     """vLLM's share of GPU memory (CUDA)"""
+    # --- tools (tool-integrated reasoning, tools.py + sandbox.py)
+    tools: str = "none"
+    """'none' (single-turn responses) or 'python': the response may write <code>```python ...```</code>; it runs
+    in the sandbox and its output comes back inside the response as <interpreter>...</interpreter>"""
+    max_tool_turns: int = 8
+    """generation turns per response (the official max_assistant_turns)"""
+    max_tool_response_length: int = 256
+    """characters of tool output the model reads back (middle-truncated, as verl)"""
+    tool_timeout: float = 10.0
+    """wall-clock seconds per tool call"""
+    sandbox_workers: int = 4
+    """tool calls run at once"""
+    sandbox_url: str | None = None
+    """a SandboxFusion server's /run_code URL (the official recipe's sandbox) instead of local processes"""
     old_logprobs: str = "engine"
     """pi_old of the PPO ratio: 'engine' (the sampling log-probs the engine returned; no extra forward pass,
     and the first mini-batch then checks engine against trainer every step for free) or 'trainer'
@@ -161,6 +193,8 @@ PAPER_PROFILE = dict(
     lora_r=32, lora_alpha=64, micro_batch_size=1, steps=500,
     eval_every=10, eval_k=16, eval_temperature=0.6, n_eval=30, save_every=10,
     gpu_memory_utilization=0.35, old_logprobs="trainer",
+    tools="python", max_tool_turns=8, max_tool_response_length=256,   # ReTool (spec §2.4), sandbox timeout 30 s
+    tool_timeout=30.0, sandbox_workers=8,
 )
 
 
@@ -194,7 +228,13 @@ def validate(cfg: Config) -> None:
     def need(ok, msg):
         if not ok:
             raise ConfigError(msg)
-    need(cfg.algo in ("spo", "grpo"), f"--algo must be spo or grpo, got {cfg.algo!r}")
+    need(cfg.algo in ("spo", "grpo", "segment"), f"--algo must be spo, grpo or segment, got {cfg.algo!r}")
+    if cfg.algo == "segment":
+        need(cfg.segment_partition in ("cutpoint", "fixed"),
+             f"--segment-partition must be cutpoint or fixed, got {cfg.segment_partition!r}")
+        need(cfg.mc_rollouts >= 1 and cfg.segment_interval >= 1 and cfg.segment_size >= 1,
+             "--mc-rollouts, --segment-interval and --segment-size must be >= 1")
+        need(cfg.tools == "none", "--algo segment continues responses from token prefixes: use it with --tools none")
     need(cfg.loss_variant in ("ppo", "gspo", "sapo"), f"--loss-variant must be ppo, gspo or sapo, got {cfg.loss_variant!r}")
     need(cfg.engine in ("auto", "hf", "vllm"), f"--engine must be auto, hf or vllm, got {cfg.engine!r}")
     need(cfg.old_logprobs in ("engine", "trainer"), f"--old-logprobs must be engine or trainer, got {cfg.old_logprobs!r}")
@@ -205,7 +245,10 @@ def validate(cfg: Config) -> None:
     need(cfg.batch_size % cfg.num_minibatches == 0,
          f"--num-minibatches {cfg.num_minibatches} must divide --batch-size {cfg.batch_size}")
     prompts = cfg.batch_size // (cfg.group_size if cfg.algo == "grpo" else 1)
-    if cfg.dataset == "embedded":
+    need(cfg.tools in ("none", "python"), f"--tools must be none or python, got {cfg.tools!r}")
+    need(cfg.max_tool_turns >= 1 and cfg.tool_timeout > 0 and cfg.sandbox_workers >= 1,
+         "--max-tool-turns and --sandbox-workers must be >= 1, --tool-timeout > 0")
+    if cfg.dataset in ("embedded", "embedded-tools"):
         need(prompts <= cfg.n_train, f"--batch-size {cfg.batch_size} needs {prompts} distinct prompts a step "
              f"but the pool has --n-train {cfg.n_train}")
     need(0 < cfg.rho_min <= cfg.rho_max < 1, "need 0 < --rho-min <= --rho-max < 1")

@@ -91,6 +91,48 @@ def embedded_tasks(n_train: int = 96, n_eval: int = 64, seed: int = 0,
     return tasks[:n_train], tasks[n_train:]
 
 
+# The embedded tool task (--dataset embedded-tools): numbers SmolLM2-135M cannot multiply or add in its head,
+# one line of Python away. The instruction says how to call the tool (the official protocol, spec §2.4).
+TOOL_INSTRUCTION = ("\nUse Python: write <code>\n```python\nprint(...)\n```\n</code> and its output comes back "
+                    "in <interpreter>. Then give the answer as \\boxed{N}.")
+
+# The official ReTool instruction (verl recipe/spo agent_loop/spo_tool_agent_loop.py), put before every problem
+# when --tools python is on for any dataset but embedded-tools (the paper profile).
+RETOOL_INSTRUCTION = (
+    "Solve the following problem step by step. You now have the ability to selectively write executable Python "
+    "code to enhance your reasoning process. The Python code will be executed by an external sandbox, and the "
+    "output (wrapped in `<interpreter>output_str</interpreter>`) can be returned to aid your reasoning and help "
+    "you arrive at the final answer. The Python code should be complete scripts, including necessary imports. "
+    "Important: The sandbox is stateless and non-interactive; thus, prior imports, definitions, and state do not "
+    "persist between executions and cannot be referenced.\nEach code snippet is wrapped with "
+    "`<code>\n```python\ncode snippet\n```\n</code>`.\n*user question:*\n")
+
+
+def _make_tool(level: int, rng: random.Random) -> Task:
+    """1 a three-digit times a three-digit number, 2 a four-digit times a two-digit number, 3 the sum of four
+    three- and four-digit numbers."""
+    if level == 1:
+        a, b = rng.randint(101, 999), rng.randint(101, 999)
+        q, x = f"What is {a} * {b}?", a * b
+    elif level == 2:
+        a, b = rng.randint(1001, 9999), rng.randint(11, 99)
+        q, x = f"What is {a} * {b}?", a * b
+    elif level == 3:
+        xs = [rng.randint(100, 9999) for _ in range(4)]
+        q, x = f"What is {' + '.join(map(str, xs))}?", sum(xs)
+    else:
+        raise ValueError(f"level must be 1..3, got {level}")
+    return Task(q + TOOL_INSTRUCTION, str(x), level)
+
+
+def embedded_tool_tasks(n_train: int = 32, n_eval: int = 32, seed: int = 0) -> tuple[list[Task], list[Task]]:
+    """(train pool, held-out set) of the tool task: disjoint, exact answers, the same for the same seed."""
+    rng = random.Random(seed)
+    tasks = list({t.prompt: t for t in (_make_tool(rng.choice((1, 2, 3)), rng)
+                                        for _ in range(2 * (n_train + n_eval)))}.values())[:n_train + n_eval]
+    return tasks[:n_train], tasks[n_train:]
+
+
 # ============================================================== datasets
 
 
@@ -249,6 +291,8 @@ def read_tasks(cfg):
     written: a bad file stops here with a DataError naming FILE:LINE."""
     if cfg.dataset == "embedded":
         return embedded_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
+    if cfg.dataset == "embedded-tools":
+        return embedded_tool_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
     train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)
     held = load_tasks(cfg.eval_dataset, cfg.prompt_field, cfg.answer_field, limit=cfg.n_eval) \
         if cfg.eval_dataset else []
@@ -259,12 +303,13 @@ def system_message(cfg) -> str | None:
     """The chat system message --system-prompt asks for ('auto': the embedded task's instruction)."""
     if cfg.system_prompt != "auto":
         return cfg.system_prompt
-    return EMBEDDED_SYSTEM_PROMPT if cfg.dataset == "embedded" else None
+    return EMBEDDED_SYSTEM_PROMPT if cfg.dataset in ("embedded", "embedded-tools") else None
 
 
 def format_tasks(cfg, tok, train, held):
     """(train, held, chat-formatted prompt per task), over-long prompts dropped and counted."""
-    fmt = {t.prompt: chat_prompt(tok, t.prompt, system_message(cfg), cfg.enable_thinking) for t in train + held}
+    before = RETOOL_INSTRUCTION if cfg.tools == "python" and cfg.dataset != "embedded-tools" else ""
+    fmt = {t.prompt: chat_prompt(tok, before + t.prompt, system_message(cfg), cfg.enable_thinking) for t in train + held}
     too_long = {p for p, s in fmt.items() if len(tok(s, add_special_tokens=False)["input_ids"]) > cfg.max_prompt_length}
     if too_long:
         print(f"dropped {len(too_long)} prompt(s) longer than --max-prompt-length {cfg.max_prompt_length} tokens")
@@ -289,6 +334,7 @@ def chat_prompt(tokenizer, prompt: str, system_prompt: str | None = None,
 # ============================================================== answers and rewards
 
 _THINK = re.compile(r"<think>.*?</think>", re.S)
+_INTERPRETER = re.compile(r"<interpreter>.*?(</interpreter>|$)", re.S)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
@@ -310,8 +356,9 @@ def last_boxed(text: str) -> str | None:
 
 def extract_answer(text: str) -> str | None:
     """The response's final answer: after stripping <think> blocks (and anything before a lone
-    </think>), the last \\boxed{}, else the text after the last '####', else the last number."""
-    text = _THINK.sub("", text)
+    </think>) and tool output (<interpreter> blocks: the model must state the answer itself), the last
+    \\boxed{}, else the text after the last '####', else the last number."""
+    text = _INTERPRETER.sub("", _THINK.sub("", text))
     if "</think>" in text:
         text = text.rsplit("</think>", 1)[1]
     boxed = last_boxed(text)
@@ -330,11 +377,20 @@ def _normalise(s: str) -> str:
     return s.lower()
 
 
+_PLAIN_NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?")
+_ARITHMETIC = re.compile(r"\d\s*(\*|\+|-|×|\\times|\\cdot)\s*\(?-?\d")
+
+
 def is_correct(pred: str | None, gold: str) -> bool:
     """math-verify equivalence of two final answers (fractions, LaTeX, 1,000 = 1000, units); normalised
-    exact match where math-verify is not installed or cannot parse one side."""
+    exact match where math-verify is not installed or cannot parse one side. A numeric gold answer needs a
+    stated number: arithmetic left for the verifier to do ("7891 * 16", which math-verify would evaluate)
+    scores 0 -- found as reward hacking by a run without tools (README, tools); the official verifier's
+    exact string match refuses it too."""
     if pred is None:
         return False
+    if _PLAIN_NUMBER.fullmatch(gold.strip()) and _ARITHMETIC.search(pred):
+        return False        # "\\boxed{7891 * 16}": math-verify would compute it; a numeric answer must be stated
     try:
         from math_verify import parse, verify
     except ImportError:
@@ -350,8 +406,8 @@ def is_correct(pred: str | None, gold: str) -> bool:
 class RewardFn:
     """Binary outcome reward r in {0, 1}. Never raises: an exception scores 0 and is counted.
 
-    format_gate: the official code's gate (spec §2.3): a response without exactly one </think>
-    scores 0 (for thinking models).
+    format_gate: the official code's gate (spec §2.3): a response without exactly one </think>, or with
+    <code> or <interpreter> after it (tool use belongs to the thinking), scores 0 (thinking models).
     """
 
     def __init__(self, format_gate: bool = False):
@@ -361,7 +417,8 @@ class RewardFn:
 
     def __call__(self, text: str, gold: str) -> float:
         try:
-            if self.format_gate and text.count("</think>") != 1:
+            if self.format_gate and (text.count("</think>") != 1 or any(
+                    tag in text.split("</think>")[1] for tag in ("<code>", "<interpreter>"))):
                 return 0.0
             pred = extract_answer(text)
             if pred is None:

@@ -151,8 +151,10 @@ class Sample:
     prompt_ids: list
     completion_ids: list
     logprobs: list
-    finish_reason: str       # "stop" (end-of-sequence sampled, included in completion_ids) or "length"
+    finish_reason: str       # "stop" (end-of-sequence sampled, in completion_ids), "length", or "tool" (a stop string)
     text: str
+    mask: list | None = None # 1 = sampled by the policy, 0 = inserted (tool output); None: all sampled
+    info: dict | None = None # per-response counters of a tool rollout (tools.py)
 
 
 class PromptTooLong(ValueError):
@@ -202,6 +204,28 @@ def sequence_logprobs(model, prompt_ids: list, completion_ids: list, pad_id: int
     return logp, mask
 
 
+def policy_mask(samples: list, length: int | None = None) -> torch.Tensor:
+    """[B, T] 1.0 where the token was sampled by the policy (the loss's tokens), 0.0 on padding and on
+    inserted tool output (Sample.mask)."""
+    t = length or max(max(len(s.completion_ids) for s in samples), 1)
+    out = torch.zeros(len(samples), t)
+    for i, s in enumerate(samples):
+        m = s.mask if s.mask is not None else [1] * len(s.completion_ids)
+        out[i, :min(len(m), t)] = torch.tensor(m[:t], dtype=torch.float32)
+    return out
+
+
+def cut_at_stop(tok, ids: list, stop: list | None) -> int | None:
+    """Length of `ids` up to and including the token that completes the first stop string; None if none does."""
+    if not stop:
+        return None
+    last = {s[-1] for s in stop}
+    for n in range(1, len(ids) + 1):
+        if any(c in tok.decode(ids[n - 1:n]) for c in last) and any(s in tok.decode(ids[:n]) for s in stop):
+            return n
+    return None
+
+
 def pad_logprobs(samples: list, length: int | None = None) -> torch.Tensor:
     """The engine's sampling log-probs as a right-padded [B, T] tensor."""
     t = length or max(max(len(s.logprobs) for s in samples), 1)
@@ -234,7 +258,8 @@ def check_sync(model, samples: list, pad_id: int, temperature: float, tolerance:
     with torch.no_grad():
         logp, mask = sequence_logprobs(model, [s.prompt_ids for s in samples],
                                        [s.completion_ids for s in samples], pad_id, temperature)
-    return compare_logprobs(logp, pad_logprobs(samples, logp.shape[1]), mask, tolerance)
+    return compare_logprobs(logp, pad_logprobs(samples, logp.shape[1]), mask * policy_mask(samples, logp.shape[1]),
+                            tolerance)
 
 
 def compare_logprobs(trainer_logp, engine_logp, mask, tolerance: float = SYNC_TOLERANCE) -> dict:
@@ -253,7 +278,25 @@ def compare_logprobs(trainer_logp, engine_logp, mask, tolerance: float = SYNC_TO
 # ============================================================== engines
 
 
-class HFEngine:
+class Engine:
+    """What every engine offers: `generate` from prompt strings; subclasses implement `generate_ids` and set
+    `tok` and `max_prompt_length`."""
+
+    def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
+                 seeds: list | None = None) -> list:
+        """One response per prompt string (already chat-formatted). temperature 0 means greedy.
+
+        `seed` seeds the whole call; `seeds` (one per prompt) generates each prompt alone from its own
+        seed, so a response does not depend on which other prompts share the batch or the process
+        (slower: what a data-parallel run needs to match a single process exactly; vLLM seeds every
+        request anyway, from seed + i or seeds[i]).
+        """
+        prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        _check_prompt_lengths(prompt_ids, self.max_prompt_length)
+        return self.generate_ids(prompt_ids, max_new_tokens, temperature, seed, seeds)
+
+
+class HFEngine(Engine):
     """transformers `generate` on the training policy itself: always in sync, slower than vLLM."""
 
     name = "hf"
@@ -272,28 +315,25 @@ class HFEngine:
         pass
 
     @torch.no_grad()
-    def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
-                 seeds: list | None = None) -> list:
-        """One response per prompt string (already chat-formatted). temperature 0 means greedy.
-
-        `seed` seeds the whole call; `seeds` (one per prompt) generates each prompt alone from its own
-        seed, so a response does not depend on which other prompts share the batch or the process
-        (slower: what a data-parallel run needs to match a single process exactly).
-        """
-        prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        _check_prompt_lengths(prompt_ids, self.max_prompt_length)
+    def generate_ids(self, prompt_ids: list, max_new_tokens, temperature: float = 1.0, seed: int | None = None,
+                     seeds: list | None = None, stop: list | None = None) -> list:
+        """As generate, from token ids; max_new_tokens may differ per prompt (a list); generation of a row
+        also ends after the token that completes a string of `stop` (kept; finish_reason "tool")."""
+        budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompt_ids)
         if seed is not None:
             torch.manual_seed(seed)
-        chunks = [(s, prompt_ids[s:s + self.batch_size]) for s in range(0, len(prompts), self.batch_size)] \
-            if seeds is None else [(s, [p]) for s, p in zip(seeds, prompt_ids)]
+        order = list(range(len(prompt_ids)))
+        chunks = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)] \
+            if seeds is None else [[i] for i in order]
         was_training = self.model.training
         self.model.eval()
         eos = self.tok.eos_token_id
-        samples = []
+        samples = [None] * len(prompt_ids)
         try:
-            for s, batch in chunks:
+            for rows in chunks:
                 if seeds is not None:
-                    torch.manual_seed(s)
+                    torch.manual_seed(seeds[rows[0]])
+                batch = [prompt_ids[i] for i in rows]
                 width = max(len(p) for p in batch)
                 ids = torch.tensor([[self.tok.pad_token_id] * (width - len(p)) + p for p in batch])
                 att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
@@ -301,17 +341,23 @@ class HFEngine:
                 sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
                     else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
                 out = self.model.generate(
-                    input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens,
+                    input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=max(budgets[i] for i in rows),
                     pad_token_id=self.tok.pad_token_id, eos_token_id=eos, output_scores=True,
-                    return_dict_in_generate=True, **sampling)
+                    return_dict_in_generate=True, **(dict(stop_strings=stop, tokenizer=self.tok) if stop else {}),
+                    **sampling)
                 gen = out.sequences[:, width:].cpu()                                   # [b, steps]
                 lp = torch.stack([torch.log_softmax(sc.float(), -1) for sc in out.scores], 1)  # [b, steps, V]
                 lp = lp.gather(-1, gen.unsqueeze(-1)).squeeze(-1).cpu()                # [b, steps]
-                for i, p in enumerate(batch):
-                    toks = gen[i].tolist()
-                    n = toks.index(eos) + 1 if eos in toks else len(toks)
-                    samples.append(Sample(p, toks[:n], lp[i, :n].tolist(), "stop" if eos in toks[:n] else "length",
-                                          self.tok.decode(toks[:n], skip_special_tokens=True)))
+                for k, i in enumerate(rows):
+                    toks = gen[k, :budgets[i]].tolist()
+                    n, why = len(toks), "length"
+                    if eos in toks:
+                        n, why = toks.index(eos) + 1, "stop"
+                    at = cut_at_stop(self.tok, toks[:n], stop)
+                    if at is not None:
+                        n, why = at, "tool"
+                    samples[i] = Sample(prompt_ids[i], toks[:n], lp[k, :n].tolist(), why,
+                                        self.tok.decode(toks[:n], skip_special_tokens=True))
         finally:
             self.model.train(was_training)
         return samples
@@ -320,7 +366,7 @@ class HFEngine:
 _VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vLLM's LoRAConfig accepts only these max ranks
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     """vLLM in the trainer's own process, sampling with the trainer's current LoRA adapter.
 
     `load_adapter(peft_model)` saves the adapter alone (to /dev/shm where it exists) and registers it
@@ -373,16 +419,16 @@ class VLLMEngine:
             self.llm.llm_engine.remove_lora(prev.lora_int_id)
             shutil.rmtree(prev.lora_path, ignore_errors=True)
 
-    def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
-                 seeds: list | None = None) -> list:
-        """As HFEngine.generate; vLLM seeds every request anyway (seed + i, or seeds[i])."""
+    def generate_ids(self, prompt_ids: list, max_new_tokens, temperature: float = 1.0, seed: int | None = None,
+                     seeds: list | None = None, stop: list | None = None) -> list:
+        """As HFEngine.generate_ids: one request per prompt, all under the current LoRA request."""
         from vllm import SamplingParams
-        prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        _check_prompt_lengths(prompt_ids, self.max_prompt_length)
+        budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompt_ids)
         if seeds is None:
-            seeds = [None if seed is None else seed + i for i in range(len(prompts))]
-        params = [SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens,
-                                 logprobs=0, seed=sd) for sd in seeds]
+            seeds = [None if seed is None else seed + i for i in range(len(prompt_ids))]
+        params = [SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=b, logprobs=0,
+                                 seed=sd, stop=stop, include_stop_str_in_output=True)
+                  for sd, b in zip(seeds, budgets)]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False,
                                  lora_request=self.lora_request)
         samples = []
@@ -390,8 +436,10 @@ class VLLMEngine:
             c = o.outputs[0]
             toks = list(c.token_ids)
             lps = [c.logprobs[t][tok].logprob for t, tok in enumerate(toks)]
-            samples.append(Sample(p, toks, lps, "stop" if c.finish_reason == "stop" else "length",
-                                  self.tok.decode(toks, skip_special_tokens=True)))
+            why = "length" if c.finish_reason != "stop" else "tool" if isinstance(c.stop_reason, str) else "stop"
+            n = cut_at_stop(self.tok, toks, stop) if why == "tool" else None
+            toks, lps = (toks[:n], lps[:n]) if n else (toks, lps)
+            samples.append(Sample(p, toks, lps, why, self.tok.decode(toks, skip_special_tokens=True)))
         return samples
 
     def sleep(self) -> None:

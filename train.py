@@ -2,6 +2,8 @@
 
     python train.py                                   # embedded SmolLM2-135M + arithmetic, CPU, minutes
     python train.py --algo grpo --group-size 4        # the group baseline, everything else identical
+    python train.py --algo segment                    # Segment Policy Optimization, the other "SPO" (segment.py)
+    python train.py --dataset embedded-tools --tools python --init-adapter runs/tools-sft/adapter ...  # tools (README)
     python train.py --model Qwen/Qwen3-8B --dataset dapo --load-in-4bit --engine vllm ...   (see README)
     python train.py --resume runs/spo                 # continue exactly where a run stopped
     python train.py --eval-only runs/spo/adapter      # held-out avg@k / pass@k / maj@k of a saved adapter
@@ -10,6 +12,7 @@ One SPO step (paper Alg. 1, in the order of the official code) is `Trainer.step`
   1. draw         B prompts with weights sqrt(v(1-v)) + eps from the tracker      (Eq. 11)   sampler.py
   2. collect      ONE response per prompt                                                    rollout.py
   3. advantages   reward; A = r - v_hat_{-1}, normalised over the batch           (Eq. 8-9)  spo.py
+                  (GRPO: the group mean; Segment-PO: per-segment Monte Carlo values, [B, T])  segment.py
   4. update       old log-probs, PPO-clip mini-batch updates                      (Eq. 10)   spo.py
   5. track        drift D per prompt on its stored previous response, rho, tracker update (Eq. 5) tracker.py
   6. sync_engine  adapter to the engine (and the engine-vs-trainer check); then metrics, checkpoint
@@ -34,9 +37,13 @@ from config import Config, ConfigError, apply_profile, validate  # noqa: F401 (t
 from data import DataError, RewardFn, evaluate, format_tasks, read_tasks
 from dist import Dist, state_hash
 from run_dir import GracefulStop, Logger, load_adapter, load_checkpoint, plot, save_checkpoint
-from rollout import LoraArgs, check_sync, compare_logprobs, load_policy, make_engine, pad_logprobs, sequence_logprobs
+from rollout import (LoraArgs, check_sync, compare_logprobs, load_policy, make_engine, pad_logprobs, policy_mask,
+                     sequence_logprobs)
 from sampler import PrioritizedSampler, priority_weights
+from sandbox import SandboxUnavailable, check_server, isolation
+from segment import cutpoint_bounds, cutpoints, fixed_bounds, segment_batch
 from spo import degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages
+from tools import ToolEngine, tool_metrics
 from tracker import ValueTracker
 
 
@@ -52,6 +59,9 @@ def load_model_and_engine(cfg: Config, dist: Dist, adapter: str | None):
     engine = make_engine(cfg.engine, model, tok, path, max_prompt_length=cfg.max_prompt_length,
                          max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed + dist.rank,
                          gpu_memory_utilization=cfg.gpu_memory_utilization, load_in_4bit=cfg.load_in_4bit)
+    if cfg.tools == "python":            # responses call the Python tool (tools.py, sandbox.py)
+        engine = ToolEngine(engine, tok, cfg.max_tool_turns, cfg.max_tool_response_length, cfg.tool_timeout,
+                            cfg.sandbox_workers, cfg.sandbox_url)
     return model, tok, engine
 
 
@@ -114,6 +124,7 @@ class Batch:
     v_prev: np.ndarray = None            # [B] v_hat_{-1}: tracker values before this step's rewards (SPO)
     adv: torch.Tensor = None             # [B] normalised advantages (Eq. 9)
     raw: np.ndarray = None               # [B] unnormalised advantages r - baseline
+    carry: torch.Tensor = None           # [B, T] tokens that carry an advantage (segment: per-token advantages)
 
 
 class Trainer:
@@ -169,7 +180,7 @@ class Trainer:
         v = self.tracker.value(self.keys)                                   # [M] v_hat of the whole pool
         if cfg.algo == "spo" and not cfg.uniform_sampling:
             idx = self.sampler.sample(priority_weights(v, cfg.sampling_epsilon), B)
-        elif cfg.algo == "spo":
+        elif cfg.algo != "grpo":             # spo --uniform-sampling, segment
             idx = self.sampler.uniform(len(self.keys), B)
         else:
             idx = np.repeat(self.sampler.uniform(len(self.keys), B // cfg.group_size), cfg.group_size)
@@ -190,6 +201,7 @@ class Trainer:
             seed=base_seed + self.dist.rank, seeds=[base_seed + j for j in self.mine]
             if cfg.deterministic_generation or self.engine.name == "vllm" else None)
         m["time/generate"] = time.time() - t0
+        m["tokens/generated"] = sum(self.dist.rows([len(s.completion_ids) for s in batch.samples], cfg.batch_size))
         self.engine.sleep()                  # vLLM on CUDA: free the KV cache, offload weights while training
 
     # ---- 3. rewards (gathered: the batch is global) and advantages
@@ -202,11 +214,49 @@ class Trainer:
             base = np.zeros_like(batch.v_prev) if cfg.no_baseline else batch.v_prev
             batch.adv = spo_advantages(r, base)                              # Eq. 8-9, over the global batch
             batch.raw = r - base
+        elif cfg.algo == "segment":
+            self.segment_advantages(batch, local_r, m)
         else:
             G = cfg.group_size
             batch.adv = grpo_advantages(r, G)
             batch.raw = r - r.reshape(-1, G).mean(1).repeat(G)
             m["grpo/degenerate_share"] = degenerate_share(r, G)
+
+    # ---- 3'. Segment-PO (segment.py): segments, V at each boundary by Monte Carlo, chain advantages
+    def segment_advantages(self, batch: Batch, local_r: list, m: dict) -> None:
+        cfg, N, samples, t0 = self.cfg, self.cfg.mc_rollouts, batch.samples, time.time()
+        bounds = [cutpoint_bounds(torch.tensor(s.logprobs), cfg.cutpoint_threshold, cfg.segment_interval)
+                  if cfg.segment_partition == "cutpoint" else fixed_bounds(len(s.completion_ids), cfg.segment_size)
+                  for s in samples]
+        starts = [(i, b) for i, bs in enumerate(bounds) for b in bs[:-1]]      # V is wanted at these prefixes
+        seed = cfg.seed * 1_000_003 + len(self.history) * 10_007 + 7_777_777
+        cont = self.engine.generate_ids(                                     # all continuations in one call
+            [samples[i].prompt_ids + samples[i].completion_ids[:b] for i, b in starts for _ in range(N)],
+            [cfg.max_completion_length - b for i, b in starts for _ in range(N)], cfg.temperature, seed=seed,
+            seeds=[seed + k for k in range(len(starts) * N)]
+            if cfg.deterministic_generation or self.engine.name == "vllm" else None)
+        values = [[] for _ in samples]                                       # V_0 (prompt), V_1 .., then r
+        for k, (i, b) in enumerate(starts):
+            gold = batch.tasks[self.mine[i]].answer
+            rs = [self.reward_fn(self.tok.decode(samples[i].completion_ids[:b] + c.completion_ids,
+                                                 skip_special_tokens=True), gold) for c in cont[k * N:(k + 1) * N]]
+            values[i].append(sum(rs) / N)
+        for i, r in enumerate(local_r):
+            values[i].append(r)
+        B, rows = cfg.batch_size, self.dist.rows
+        all_bounds, all_values = rows(bounds, B), rows(values, B)
+        logps = [torch.tensor(x) for x in rows([s.logprobs for s in samples], B)]
+        width = max(max(len(x) for x in logps), 1)
+        threshold = None if cfg.segment_all_tokens else cfg.cutpoint_threshold
+        batch.adv, batch.carry = segment_batch(all_bounds, all_values, logps, threshold, width)   # [B, T] each
+        batch.raw = np.array([v[-1] - v[0] for v in all_values])            # r - V(prompt): the chain's sum
+        mc = [v for vs in all_values for v in vs[:-1]]
+        m.update({"segment/segments": float(np.mean([len(b) - 1 for b in all_bounds])),
+                  "segment/cutpoints": float(np.mean([len(cutpoints(lp, cfg.cutpoint_threshold)) for lp in logps])),
+                  "segment/carry_share": float(batch.carry.sum() / max(sum(len(x) for x in logps), 1)),
+                  "segment/mc_samples": len(mc) * N, "segment/v_std": float(np.std(mc)),
+                  "time/mc": time.time() - t0})
+        m["tokens/generated"] += sum(rows([sum(len(c.completion_ids) for c in cont)], self.dist.world))
 
     # ---- 4. old log-probs, then PPO-clip mini-batch updates (Eq. 10); gradients summed over ranks
     def update(self, batch: Batch, step: int, m: dict) -> None:
@@ -216,10 +266,12 @@ class Trainer:
         model.train()
         if cfg.old_logprobs == "engine":     # pi_old = the sampling policy's own log-probs: no extra pass
             old_logp = pad_logprobs(batch.samples)                                          # [b, T]
-            mask = (torch.arange(old_logp.shape[1]) < torch.tensor([len(c) for c in c_ids])[:, None]).float()
         else:                                # pi_old recomputed by the trainer, as verl's compute_log_prob
             with torch.no_grad():
-                old_logp, mask = sequence_logprobs(model, p_ids, c_ids, pad, cfg.temperature, cfg.micro_batch_size)
+                old_logp, _ = sequence_logprobs(model, p_ids, c_ids, pad, cfg.temperature, cfg.micro_batch_size)
+        mask = policy_mask(batch.samples, old_logp.shape[1])    # [b, T] sampled tokens; tool output is 0
+        if batch.carry is not None:                             # segment: only the tokens that carry an advantage
+            mask = mask * batch.carry[self.mine, :mask.shape[1]]
         self.stats, skipped, before = [], 0, []
         mb = B // cfg.num_minibatches
         for epoch in range(cfg.ppo_epochs):
@@ -234,11 +286,13 @@ class Trainer:
                 total = torch.zeros(1)
                 for u in range(0, len(rows), cfg.micro_batch_size):
                     r = rows[u:u + cfg.micro_batch_size]
-                    logp, mk = sequence_logprobs(model, [p_ids[i] for i in r], [c_ids[i] for i in r], pad,
-                                                 cfg.temperature, cfg.micro_batch_size)
-                    loss, st = policy_loss(logp, old_logp[r, :logp.shape[1]], batch.adv[[self.mine[i] for i in r]],
-                                           mk, cfg.epsilon, cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant,
-                                           normalizer=norm)
+                    logp, _ = sequence_logprobs(model, [p_ids[i] for i in r], [c_ids[i] for i in r], pad,
+                                                cfg.temperature, cfg.micro_batch_size)
+                    mk = mask[r, :logp.shape[1]]
+                    adv = batch.adv[[self.mine[i] for i in r]]                   # [b] or [b, T] (segment)
+                    loss, st = policy_loss(logp, old_logp[r, :logp.shape[1]],
+                                           adv[:, :logp.shape[1]] if adv.dim() == 2 else adv, mk, cfg.epsilon,
+                                           cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant, normalizer=norm)
                     loss.backward()
                     total += loss.item()
                     self.stats.append(st)
@@ -320,7 +374,8 @@ class Trainer:
         cfg, dist, B = self.cfg, self.dist, self.cfg.batch_size
         lens = np.array(dist.rows([len(s.completion_ids) for s in batch.samples], B))
         truncated = dist.rows([s.finish_reason == "length" for s in batch.samples], B)
-        r, norm_adv = batch.rewards, batch.adv.numpy()
+        r = batch.rewards
+        norm_adv = batch.adv.numpy() if batch.carry is None else batch.adv[batch.carry > 0].numpy()
         m.update({
             "reward": float(r.mean()),
             "adv/raw_var": float(np.var(batch.raw)),
@@ -333,6 +388,8 @@ class Trainer:
             "tokens_per_s": float(lens.sum() / max(m["time/generate"], 1e-9)),
             "reward_errors": self.reward_fn.errors,
         })
+        if cfg.tools != "none":
+            m.update(tool_metrics(batch.samples))      # this rank's responses
         for name in ("clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"):
             vals = [s[name] for s in self.stats if name in s]
             if vals:
@@ -347,6 +404,11 @@ def train(cfg: Config) -> dict:
     validate(cfg)
     tasks = read_tasks(cfg)                  # bad data stops here, before any model loads or file is written
     dist = Dist(cfg.dist_timeout)
+    if cfg.tools == "python":                # an unreachable sandbox server stops here too
+        if cfg.sandbox_url:
+            check_server(cfg.sandbox_url)
+        else:
+            dist.say(f"sandbox: local processes, protected by {', '.join(isolation())} (README: tools)")
     if cfg.batch_size % dist.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} must divide evenly over {dist.world} ranks")
     torch.manual_seed(cfg.seed)
@@ -401,11 +463,14 @@ def train(cfg: Config) -> dict:
             dist.say(f"{stop.signal}: saved a checkpoint at step {step}; continue with --resume {cfg.output_dir}")
             dist.close()
             return {"stopped": stop.signal, "step": step}
+        if cfg.token_budget and sum(h.get("tokens/generated", 0) for h in tr.history) >= cfg.token_budget:
+            dist.say(f"--token-budget {cfg.token_budget} reached at step {step}")
+            break
 
     final = evaluate(cfg, engine, held, fmt) if dist.main else {}
     if dist.main:
-        log.eval(cfg.steps, final)
-        save_checkpoint(cfg, cfg.steps, tr)
+        log.eval(len(tr.history), final)
+        save_checkpoint(cfg, len(tr.history), tr)
         model.save_pretrained(os.path.join(cfg.output_dir, "adapter"))
         log.close()
         plot(cfg.output_dir, tr.history, log.evals)
@@ -425,7 +490,7 @@ def main(argv=None) -> None:
     cfg = tyro.cli(Config, args=argv, description=__doc__.split("\n")[0])
     try:
         train(apply_profile(cfg, argv))
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, SandboxUnavailable) as e:
         sys.exit(f"error: {e}")
 
 

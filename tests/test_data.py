@@ -21,6 +21,9 @@ FIX = os.path.join(os.path.dirname(__file__), "fixtures")
     ("x = 3/4", "3/4"),
     ("no digits here", None),
     ("cut off inside \\boxed{12", "12"),                               # unbalanced box: last number
+    ("<code>print(6*7)</code><interpreter>\n42\n</interpreter>\n\n", "7"),  # tool output is not an answer
+    ("<interpreter>\n42\n</interpreter>\n\nso \\boxed{42}", "42"),
+    ("x <interpreter>\n42 cut off", None),                              # unclosed block: to the end
 ])
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
@@ -38,6 +41,11 @@ def test_extract_answer(text, answer):
     ("12.0", "12", True),
     ("13", "12", False),
     (None, "12", False),
+    ("7891 * 16", "126256", False),                                    # arithmetic is not an answer ...
+    ("1308 + 5509", "6817", False),
+    ("7891 \\times 16", "126256", False),
+    ("126256", "126256", True),                                        # ... the number is
+    ("-17", "-17", True),
 ])
 def test_is_correct(pred, gold, ok):
     assert is_correct(pred, gold) is ok
@@ -53,6 +61,10 @@ def test_reward_fn_never_crashes_and_counts():
     assert gate("<think>a</think> \\boxed{12}", "12") == 1.0
     assert gate("\\boxed{12}", "12") == 0.0                            # no </think>: gated to 0
     assert gate("</think></think>\\boxed{12}", "12") == 0.0            # two: gated to 0
+    tir = "<think><code>print(12)</code><interpreter>\n12\n</interpreter>\n\n</think>"
+    assert gate(tir + " \\boxed{12}", "12") == 1.0                      # tool use inside the thinking
+    assert gate(tir + " <code>x</code> \\boxed{12}", "12") == 0.0       # code after </think> (spec §2.3)
+    assert gate(tir + " <interpreter>\n1\n</interpreter> \\boxed{12}", "12") == 0.0
 
 
 def test_gold_answers_of_the_presets():

@@ -34,7 +34,7 @@ def test_bad_flags_fail_before_any_model_loads(tmp_path):
     assert r.returncode != 0 and "--no-such-flag" in r.stderr
     for args, msg in [(["--batch-size", "200"], "--batch-size 200 needs 200 distinct prompts.*--n-train 32"),
                       (["--algo", "grpo", "--group-size", "3"], "--group-size 3 must be >= 2 and divide --batch-size 16"),
-                      (["--algo", "ppo"], "--algo must be spo or grpo"),
+                      (["--algo", "ppo"], "--algo must be spo, grpo or segment"),
                       (["--num-minibatches", "3"], "--num-minibatches 3 must divide"),
                       (["--resume", str(tmp_path / "nothing")], "--resume .*nothing: no such file")]:
         with pytest.raises(T.ConfigError, match=msg):

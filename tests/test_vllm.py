@@ -45,3 +45,19 @@ def test_training_with_the_vllm_engine(tmp_path):
     assert len(rows) == 2
     for m in rows:                                   # the adapter arrived after every optimizer step
         assert m["sync/mean"] < SYNC_TOLERANCE / 10, m
+
+
+def test_tool_rollout_on_vllm(tool_policy):
+    """The tool loop on vLLM: token-id continuation under the LoRA request, stop at </code>, masks as on HF."""
+    from rollout import VLLMEngine
+    from test_tools import _check_tool_samples
+    from tools import ToolEngine
+    model, tok, path, tasks, texts, demos, _ = tool_policy
+    engine = VLLMEngine(path, tok, max_new_tokens=96, seed=0)
+    try:
+        engine.load_adapter(model)
+        samples = ToolEngine(engine, tok).generate(texts, 96, 0.0)
+        _check_tool_samples(samples, tok, tasks, demos)
+        assert check_sync(model, samples, tok.pad_token_id, 1.0)["mean"] < SYNC_TOLERANCE / 10
+    finally:
+        engine.close()

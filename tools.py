@@ -1,0 +1,104 @@
+"""Tool-integrated rollouts: responses that call a Python interpreter mid-generation (the paper's setting).
+
+`ToolEngine(engine, tokenizer)` wraps an engine (HF or vLLM) and keeps its interface, so training,
+offline init and evaluation all roll out with the tool. One response, as the official SPO/ReTool agent
+loop (spec §2.4; verl `spo_tool_agent_loop.py`):
+
+    generate until `</code>` (kept), EOS, or the response's token budget
+    -> the turn's first <code>```python ...```</code> block, last line wrapped in print(...), runs in the sandbox
+    -> its output comes back as "<interpreter>\\n...\\n</interpreter>\\n\\n" (middle-truncated to 256 characters)
+    -> generation continues in the same response, from the token ids so far (no re-tokenisation)
+It ends with no code block, at EOS, after `max_turns` generation turns, or when the budget
+(max_completion_length, counting tool output) is spent; tool output that would not fit ends it unappended.
+
+Many responses are in flight: each turn batches every unfinished response into one engine call (vLLM: one
+request per response, all under the current LoRA request); finished ones drop out, tool calls of a turn run
+concurrently (`workers`). Tool-output tokens were not sampled by the policy: Sample.mask is 0 there (the
+loss and the engine-vs-trainer check skip them; the drift D keeps them, as the official code).
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from rollout import Sample
+from sandbox import extract_code, interpreter_block, run_code, run_code_remote, wrap_last_line
+
+STOP = ["</code>"]
+ERRORS = ("Traceback (most recent call last)", "TimeoutError:", "OutputError:", "Killed", "SandboxError:")
+
+
+class ToolEngine:
+    """An engine whose responses may call the Python tool; `generate` has the wrapped engine's signature."""
+
+    def __init__(self, engine, tokenizer, max_turns: int = 8, max_tool_response_length: int = 256,
+                 timeout: float = 10.0, workers: int = 4, sandbox_url: str | None = None):
+        self.engine, self.tok = engine, tokenizer
+        self.max_turns, self.max_chars = max_turns, max_tool_response_length
+        self.run = partial(run_code_remote, url=sandbox_url, timeout=timeout) if sandbox_url else \
+            partial(run_code, timeout=timeout)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
+
+    def __getattr__(self, name):                 # name, load_adapter, sleep, wake_up, close: the engine's
+        return getattr(self.engine, name)
+
+    def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
+                 seeds: list | None = None) -> list:
+        """One tool-integrated response per chat-formatted prompt; Sample.mask marks the tool output."""
+        ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        rs = [dict(prompt=p, ids=[], mask=[], lps=[], why="length", turns=0, calls=0, errors=0, timeouts=0,
+                   tool_s=0.0) for p in ids]
+        live = list(range(len(rs)))
+        while live:
+            turn = rs[live[0]]["turns"]
+            out = self.engine.generate_ids(
+                [rs[i]["prompt"] + rs[i]["ids"] for i in live], [max_new_tokens - len(rs[i]["ids"]) for i in live],
+                temperature, seed=None if seed is None else seed + 7919 * turn,
+                seeds=None if seeds is None else [seeds[i] + 1_000_003 * turn for i in live], stop=STOP)
+            calls = []
+            for i, o in zip(live, out):
+                r = rs[i]
+                r["ids"] += o.completion_ids
+                r["mask"] += [1] * len(o.completion_ids)
+                r["lps"] += o.logprobs
+                r["turns"] += 1
+                r["why"] = o.finish_reason
+                code = extract_code(self.tok.decode(o.completion_ids)) if o.finish_reason == "tool" else None
+                if code is not None and len(r["ids"]) < max_new_tokens and r["turns"] < self.max_turns:
+                    calls.append((i, wrap_last_line(code)))
+            t0 = time.time()
+            results = list(self.pool.map(self.run, [c for _, c in calls]))
+            live = []
+            for (i, _), text in zip(calls, results):
+                r = rs[i]
+                r["calls"] += 1
+                r["tool_s"] += (time.time() - t0) / max(len(calls), 1)   # the turn's tool wall time, shared
+                r["errors"] += any(e in text for e in ERRORS)
+                r["timeouts"] += "TimeoutError:" in text
+                obs = self.tok(interpreter_block(text, self.max_chars), add_special_tokens=False)["input_ids"]
+                if len(r["ids"]) + len(obs) >= max_new_tokens:
+                    r["why"] = "length"                          # as the official loop: ends, output not appended
+                    continue
+                r["ids"] += obs
+                r["mask"] += [0] * len(obs)
+                r["lps"] += [0.0] * len(obs)
+                live.append(i)
+        return [Sample(r["prompt"], r["ids"], r["lps"], r["why"], self.tok.decode(r["ids"], skip_special_tokens=True),
+                       mask=r["mask"], info={k: r[k] for k in ("turns", "calls", "errors", "timeouts", "tool_s")})
+                for r in rs]
+
+
+def tool_metrics(samples: list) -> dict:
+    """Per-step means over a batch's responses (README "Metrics"): tool calls, generation turns, tool errors and
+    timeouts, share of response tokens that are tool output, seconds in tools."""
+    n = max(len(samples), 1)
+    info = [s.info or {} for s in samples]
+    tokens = sum(len(s.completion_ids) for s in samples)
+    tool_tokens = sum(len(s.mask) - sum(s.mask) for s in samples if s.mask is not None)
+    return {"tools/calls": sum(i.get("calls", 0) for i in info) / n,
+            "tools/turns": sum(i.get("turns", 1) for i in info) / n,
+            "tools/errors": sum(i.get("errors", 0) for i in info) / n,
+            "tools/timeouts": sum(i.get("timeouts", 0) for i in info) / n,
+            "tools/output_token_share": tool_tokens / max(tokens, 1),
+            "tools/seconds": sum(i.get("tool_s", 0.0) for i in info)}

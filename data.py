@@ -71,17 +71,18 @@ def _make(level: int, rng: random.Random) -> Task:
 
 
 def embedded_tasks(n_train: int = 96, n_eval: int = 64, seed: int = 0,
-                   levels: tuple = (1, 1, 1, 2, 4)) -> tuple[list[Task], list[Task]]:
+                   levels: tuple = (1, 1, 1, 2, 4), make=None) -> tuple[list[Task], list[Task]]:
     """(train pool, held-out set) of distinct problems, levels drawn uniformly from `levels`.
 
     The default mix is weighted to what SmolLM2-135M can learn in minutes on a CPU (measured per-prompt
     success rates are in the README); pass e.g. levels=(3, 5) for a harder pool. The two sets never
-    share a prompt, and the same seed gives the same sets.
+    share a prompt, and the same seed gives the same sets. `make(level, rng)` builds one problem
+    (default: this family's `_make`; `embedded_tool_tasks` passes its own).
     """
     rng, seen, tasks = random.Random(seed), set(), []
     need, tries = n_train + n_eval, 0
     while len(tasks) < need:
-        t = _make(rng.choice(levels), rng)
+        t = (make or _make)(rng.choice(levels), rng)
         tries += 1
         if tries > 100 * need:
             raise ValueError(f"levels {levels} have fewer than {need} distinct problems; lower n_train/n_eval")
@@ -127,10 +128,7 @@ def _make_tool(level: int, rng: random.Random) -> Task:
 
 def embedded_tool_tasks(n_train: int = 32, n_eval: int = 32, seed: int = 0) -> tuple[list[Task], list[Task]]:
     """(train pool, held-out set) of the tool task: disjoint, exact answers, the same for the same seed."""
-    rng = random.Random(seed)
-    tasks = list({t.prompt: t for t in (_make_tool(rng.choice((1, 2, 3)), rng)
-                                        for _ in range(2 * (n_train + n_eval)))}.values())[:n_train + n_eval]
-    return tasks[:n_train], tasks[n_train:]
+    return embedded_tasks(n_train, n_eval, seed, levels=(1, 2, 3), make=_make_tool)
 
 
 # ============================================================== datasets

@@ -215,6 +215,11 @@ def policy_mask(samples: list, length: int | None = None) -> torch.Tensor:
     return out
 
 
+def per_row(max_new_tokens, n: int) -> list:
+    """generate_ids' token budget as one number per row (it takes one for all, or a list)."""
+    return list(max_new_tokens) if isinstance(max_new_tokens, list) else [max_new_tokens] * n
+
+
 def cut_at_stop(tok, ids: list, stop: list | None) -> int | None:
     """Length of `ids` up to and including the token that completes the first stop string; None if none does."""
     if not stop:
@@ -280,7 +285,7 @@ def compare_logprobs(trainer_logp, engine_logp, mask, tolerance: float = SYNC_TO
 
 class Engine:
     """What every engine offers: `generate` from prompt strings; subclasses implement `generate_ids` and set
-    `tok` and `max_prompt_length`."""
+    `tok` and `max_prompt_length` (tools.ToolEngine too: its tool loop is a `generate_ids`)."""
 
     def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
                  seeds: list | None = None) -> list:
@@ -319,7 +324,7 @@ class HFEngine(Engine):
                      seeds: list | None = None, stop: list | None = None) -> list:
         """As generate, from token ids; max_new_tokens may differ per prompt (a list); generation of a row
         also ends after the token that completes a string of `stop` (kept; finish_reason "tool")."""
-        budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompt_ids)
+        budgets = per_row(max_new_tokens, len(prompt_ids))
         if seed is not None:
             torch.manual_seed(seed)
         order = list(range(len(prompt_ids)))
@@ -423,7 +428,7 @@ class VLLMEngine(Engine):
                      seeds: list | None = None, stop: list | None = None) -> list:
         """As HFEngine.generate_ids: one request per prompt, all under the current LoRA request."""
         from vllm import SamplingParams
-        budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompt_ids)
+        budgets = per_row(max_new_tokens, len(prompt_ids))
         if seeds is None:
             seeds = [None if seed is None else seed + i for i in range(len(prompt_ids))]
         params = [SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=b, logprobs=0,

@@ -22,19 +22,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from rollout import Sample
+from rollout import Engine, Sample, per_row
 from sandbox import extract_code, interpreter_block, run_code, run_code_remote, wrap_last_line
 
 STOP = ["</code>"]
 ERRORS = ("Traceback (most recent call last)", "TimeoutError:", "OutputError:", "Killed", "SandboxError:")
 
 
-class ToolEngine:
-    """An engine whose responses may call the Python tool; `generate` has the wrapped engine's signature."""
+class ToolEngine(Engine):
+    """An engine whose responses may call the Python tool; `generate` (Engine's: tokenise, check prompt lengths)
+    and `generate_ids` have the wrapped engine's signatures."""
 
     def __init__(self, engine, tokenizer, max_turns: int = 8, max_tool_response_length: int = 256,
                  timeout: float = 10.0, workers: int = 4, sandbox_url: str | None = None):
-        self.engine, self.tok = engine, tokenizer
+        self.engine, self.tok, self.max_prompt_length = engine, tokenizer, engine.max_prompt_length
         self.max_turns, self.max_chars = max_turns, max_tool_response_length
         self.run = partial(run_code_remote, url=sandbox_url, timeout=timeout) if sandbox_url else \
             partial(run_code, timeout=timeout)
@@ -43,17 +44,20 @@ class ToolEngine:
     def __getattr__(self, name):                 # name, load_adapter, sleep, wake_up, close: the engine's
         return getattr(self.engine, name)
 
-    def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
-                 seeds: list | None = None) -> list:
-        """One tool-integrated response per chat-formatted prompt; Sample.mask marks the tool output."""
-        ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    def generate_ids(self, prompt_ids: list, max_new_tokens, temperature: float = 1.0, seed: int | None = None,
+                     seeds: list | None = None, stop: list | None = None) -> list:
+        """One tool-integrated response per prompt (token ids); Sample.mask marks the tool output. `stop` is
+        the tool protocol's own (</code>)."""
+        if stop:
+            raise ValueError(f"a tool rollout stops at {STOP} itself; got stop={stop}")
+        budgets = per_row(max_new_tokens, len(prompt_ids))
         rs = [dict(prompt=p, ids=[], mask=[], lps=[], why="length", turns=0, calls=0, errors=0, timeouts=0,
-                   tool_s=0.0) for p in ids]
+                   tool_s=0.0, budget=b) for p, b in zip(prompt_ids, budgets)]
         live = list(range(len(rs)))
         while live:
             turn = rs[live[0]]["turns"]
             out = self.engine.generate_ids(
-                [rs[i]["prompt"] + rs[i]["ids"] for i in live], [max_new_tokens - len(rs[i]["ids"]) for i in live],
+                [rs[i]["prompt"] + rs[i]["ids"] for i in live], [rs[i]["budget"] - len(rs[i]["ids"]) for i in live],
                 temperature, seed=None if seed is None else seed + 7919 * turn,
                 seeds=None if seeds is None else [seeds[i] + 1_000_003 * turn for i in live], stop=STOP)
             calls = []
@@ -65,7 +69,7 @@ class ToolEngine:
                 r["turns"] += 1
                 r["why"] = o.finish_reason
                 code = extract_code(self.tok.decode(o.completion_ids)) if o.finish_reason == "tool" else None
-                if code is not None and len(r["ids"]) < max_new_tokens and r["turns"] < self.max_turns:
+                if code is not None and len(r["ids"]) < r["budget"] and r["turns"] < self.max_turns:
                     calls.append((i, wrap_last_line(code)))
             t0 = time.time()
             results = list(self.pool.map(self.run, [c for _, c in calls]))
@@ -77,7 +81,7 @@ class ToolEngine:
                 r["errors"] += any(e in text for e in ERRORS)
                 r["timeouts"] += "TimeoutError:" in text
                 obs = self.tok(interpreter_block(text, self.max_chars), add_special_tokens=False)["input_ids"]
-                if len(r["ids"]) + len(obs) >= max_new_tokens:
+                if len(r["ids"]) + len(obs) >= r["budget"]:
                     r["why"] = "length"                          # as the official loop: ends, output not appended
                     continue
                 r["ids"] += obs

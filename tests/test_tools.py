@@ -10,7 +10,7 @@ import torch
 
 import train as T
 from data import RewardFn, embedded_tool_tasks
-from rollout import HFEngine, SyncError, check_sync, compare_logprobs, pad_logprobs, policy_mask, sequence_logprobs
+from rollout import HFEngine, PromptTooLong, SyncError, check_sync, compare_logprobs, pad_logprobs, policy_mask, sequence_logprobs
 from sandbox import interpreter_block
 from spo import policy_loss
 from tools import ToolEngine, tool_metrics
@@ -53,6 +53,8 @@ def test_turn_and_token_limits_end_the_response(tool_policy):
     short = ToolEngine(HFEngine(model, tok), tok).generate(texts[:1], code_len + 3, 0.0)[0]
     assert short.completion_ids == demos[0][0][:code_len]            # the output would not fit: not appended
     assert short.finish_reason == "length" and short.info["calls"] == 1 and set(short.mask) == {1}
+    with pytest.raises(PromptTooLong):                               # prompts are checked as by every engine
+        ToolEngine(HFEngine(model, tok, max_prompt_length=8), tok).generate(texts[:1], 96, 0.0)
 
 
 def test_loss_and_sync_check_skip_tool_tokens(tool_policy):

@@ -467,11 +467,16 @@ def train(cfg: Config) -> dict:
             dist.say(f"--token-budget {cfg.token_budget} reached at step {step}")
             break
 
-    final = evaluate(cfg, engine, held, fmt) if dist.main else {}
+    return finish(cfg, dist, tr, log, lambda: evaluate(cfg, engine, held, fmt))
+
+
+def finish(cfg: Config, dist: Dist, tr: Trainer, log, final_eval) -> dict:
+    """The end of a run: final held-out evaluation, checkpoint, adapter, curves, and the summary lines."""
+    final = final_eval() if dist.main else {}
     if dist.main:
         log.eval(len(tr.history), final)
         save_checkpoint(cfg, len(tr.history), tr)
-        model.save_pretrained(os.path.join(cfg.output_dir, "adapter"))
+        tr.model.save_pretrained(os.path.join(cfg.output_dir, "adapter"))
         log.close()
         plot(cfg.output_dir, tr.history, log.evals)
     dist.barrier()

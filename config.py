@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -128,6 +129,18 @@ class Config:
     e.g. bf16 vLLM on a GPU)"""
     sync_check_every: int = 10
     """compare engine and trainer log-probs every N steps (and after the first swap); 0 = never"""
+    # --- collection (collector.py)
+    collect: str = "lockstep"
+    """'lockstep' (each step generates its batch and waits for the longest response) or 'continuous'
+    (--engine vllm: trajectories stay in flight across steps; a batch is the first B to finish, GRPO: the
+    first B/G complete groups; the others are carried into later batches)"""
+    oversample: float = 1.5
+    """continuous: trajectories kept in flight, as a multiple of the batch"""
+    max_staleness: int = 4
+    """continuous: drop trajectories whose adapter is more than this many optimizer steps old (counted)"""
+    tis_cap: float = 2.0
+    """continuous with --old-logprobs trainer: cap C of the truncated importance weight min(pi_old / pi_behaviour, C)
+    on each token's loss (spo.tis_weights); with --old-logprobs engine pi_old is pi_behaviour itself"""
     # --- optimisation
     learning_rate: float = 2e-4
     """AdamW learning rate (LoRA needs ~100x the paper's full-parameter 1e-6)"""
@@ -245,6 +258,16 @@ def validate(cfg: Config) -> None:
     need(cfg.batch_size % cfg.num_minibatches == 0,
          f"--num-minibatches {cfg.num_minibatches} must divide --batch-size {cfg.batch_size}")
     prompts = cfg.batch_size // (cfg.group_size if cfg.algo == "grpo" else 1)
+    need(cfg.collect in ("lockstep", "continuous"), f"--collect must be lockstep or continuous, got {cfg.collect!r}")
+    if cfg.collect == "continuous":
+        need(cfg.algo in ("spo", "grpo"), "--collect continuous works with --algo spo or grpo")
+        need(cfg.engine == "vllm", "--collect continuous needs --engine vllm (request-level add/step/abort)")
+        need(cfg.oversample >= 1 and cfg.max_staleness >= 0 and cfg.tis_cap > 0,
+             "--oversample must be >= 1, --max-staleness >= 0, --tis-cap > 0")
+        if cfg.dataset in ("embedded", "embedded-tools"):
+            need(math.ceil(cfg.oversample * prompts) < cfg.n_train,
+                 f"--collect continuous keeps {math.ceil(cfg.oversample * prompts)} prompts busy "
+                 f"(--oversample x prompts per step); the pool (--n-train {cfg.n_train}) must hold more")
     need(cfg.tools in ("none", "python"), f"--tools must be none or python, got {cfg.tools!r}")
     need(cfg.max_tool_turns >= 1 and cfg.tool_timeout > 0 and cfg.sandbox_workers >= 1,
          "--max-tool-turns and --sandbox-workers must be >= 1, --tool-timeout > 0")

@@ -19,6 +19,7 @@ sampling distribution and biases the importance ratio (TRL #6789).
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import shutil
@@ -375,17 +376,24 @@ class VLLMEngine(Engine):
     """vLLM in the trainer's own process, sampling with the trainer's current LoRA adapter.
 
     `load_adapter(peft_model)` saves the adapter alone (to /dev/shm where it exists) and registers it
-    under a fresh lora_int_id; the previous version is removed from the engine and from disk. The
-    base weights are loaded once and never re-pushed, so a 4-bit base is never merged into.
+    under a fresh lora_int_id (= `version`, 1, 2, ...); older versions are removed from the engine and
+    from disk unless `keep` names them (continuous collection: requests in flight keep the adapter they
+    started with). The base weights are loaded once and never re-pushed, so a 4-bit base is never merged into.
     On CUDA, `sleep()`/`wake_up()` free the KV cache and offload weights around training steps.
+
+    Requests, one level below `generate`: `add` one request, `step` the engine once (returns the requests
+    that finished), `abort` some. `generate_ids` is built on them, so a batch generated for evaluation
+    while other requests are in flight (collector.py) leaves those running and hands their results on.
     """
 
     name = "vllm"
 
     def __init__(self, model_path: str, tokenizer, max_prompt_length: int = 512, max_new_tokens: int = 256,
                  lora_rank: int = 16, seed: int = 0, dtype: str = "auto", gpu_memory_utilization: float = 0.3,
-                 cpu_kv_cache_gib: float = 0.5, enable_sleep_mode: bool | None = None, load_in_4bit: bool = False):
+                 cpu_kv_cache_gib: float = 0.5, enable_sleep_mode: bool | None = None, load_in_4bit: bool = False,
+                 max_loras: int = 1):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # colocated: same process as the trainer
+        gc.collect()     # an earlier engine of this process, unreferenced, must not tear vLLM's state down mid-init
         try:
             from vllm import LLM
         except ImportError:
@@ -402,7 +410,7 @@ class VLLMEngine(Engine):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under torchrun: one engine per rank, TP 1
             mem["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype if dtype != "auto" else
-                       ("bfloat16" if cuda else "float32"), enable_lora=True, max_lora_rank=rank, max_loras=1,
+                       ("bfloat16" if cuda else "float32"), enable_lora=True, max_lora_rank=rank, max_loras=max_loras,
                        max_model_len=max_prompt_length + max_new_tokens, seed=seed,
                        logprobs_mode="processed_logprobs",     # log-probs after temperature, as the trainer's
                        enable_sleep_mode=self.sleep_mode, enable_prefix_caching=False,
@@ -410,41 +418,82 @@ class VLLMEngine(Engine):
                        **(dict(quantization="bitsandbytes") if load_in_4bit else {}), **mem)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.adapter_root = tempfile.mkdtemp(prefix="spo-adapter-", dir=shm)
-        self.version, self.lora_request = 0, None
+        self.version, self.loras = 0, {}            # version -> LoRARequest still registered
+        self._ids, self._finished = 0, []           # request counter; finished requests not yet handed out
 
-    def load_adapter(self, model) -> None:
-        """Hot-swap the trainer's current adapter in (adapter-only; a fresh lora_int_id per version)."""
+    @property
+    def lora_request(self):
+        return self.loras.get(self.version)
+
+    def load_adapter(self, model, keep: set = frozenset()) -> None:
+        """Hot-swap the trainer's current adapter in (adapter-only; a fresh lora_int_id per version); remove
+        every older version except those in `keep`."""
         from vllm.lora.request import LoRARequest
-        prev = self.lora_request
         self.version += 1
         path = os.path.join(self.adapter_root, f"v{self.version}")
         model.save_pretrained(path)
-        self.lora_request = LoRARequest(f"policy-v{self.version}", self.version, path)
-        if prev is not None:
-            self.llm.llm_engine.remove_lora(prev.lora_int_id)
-            shutil.rmtree(prev.lora_path, ignore_errors=True)
+        self.loras[self.version] = LoRARequest(f"policy-v{self.version}", self.version, path)
+        for v in [v for v in self.loras if v != self.version and v not in keep]:
+            old = self.loras.pop(v)
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+
+    # ---- request level: add / step / abort
+    def add(self, prompt_ids: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
+            stop: list | None = None, version: int | None = None) -> str:
+        """Queue one request under adapter `version` (default: the current one); returns its id."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+        params = SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens,
+                                logprobs=0, seed=seed, stop=stop, include_stop_str_in_output=True,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        self._ids += 1
+        rid = f"spo-{self._ids}"             # outputs and abort_request use this id (add_request returns an internal one)
+        self.llm.llm_engine.add_request(rid, {"prompt_token_ids": prompt_ids}, params,
+                                        lora_request=self.loras[self.version if version is None else version])
+        return rid
+
+    def step(self) -> list:
+        """One engine step (a decoding iteration over every running request): [(request id, Sample)] of the
+        requests that finished (stop string kept; finish_reason "tool" when one ended it)."""
+        done, self._finished = self._finished, []
+        if self.llm.llm_engine.has_unfinished_requests():
+            done += [(o.request_id, self._sample(o)) for o in self.llm.llm_engine.step() if o.finished]
+        return done
+
+    def abort(self, request_ids: list) -> None:
+        self.llm.llm_engine.abort_request(list(request_ids))
+
+    def busy(self) -> bool:
+        """Requests running, or finished ones not yet handed out by `step`."""
+        return bool(self._finished) or self.llm.llm_engine.has_unfinished_requests()
+
+    def _sample(self, o) -> Sample:
+        c, p = o.outputs[0], list(o.prompt_token_ids)
+        toks = list(c.token_ids)
+        lps = [c.logprobs[t][tok].logprob for t, tok in enumerate(toks)]
+        why = "length" if c.finish_reason != "stop" else "tool" if isinstance(c.stop_reason, str) else "stop"
+        n = cut_at_stop(self.tok, toks, [c.stop_reason]) if why == "tool" else None
+        toks, lps = (toks[:n], lps[:n]) if n else (toks, lps)
+        return Sample(p, toks, lps, why, self.tok.decode(toks, skip_special_tokens=True))
 
     def generate_ids(self, prompt_ids: list, max_new_tokens, temperature: float = 1.0, seed: int | None = None,
                      seeds: list | None = None, stop: list | None = None) -> list:
-        """As HFEngine.generate_ids: one request per prompt, all under the current LoRA request."""
-        from vllm import SamplingParams
+        """As HFEngine.generate_ids: one request per prompt, all under the current LoRA request. Requests
+        of others (a collector's) that finish meanwhile are kept for their owner's next `step`."""
         budgets = per_row(max_new_tokens, len(prompt_ids))
         if seeds is None:
             seeds = [None if seed is None else seed + i for i in range(len(prompt_ids))]
-        params = [SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=b, logprobs=0,
-                                 seed=sd, stop=stop, include_stop_str_in_output=True)
-                  for sd, b in zip(seeds, budgets)]
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params, use_tqdm=False,
-                                 lora_request=self.lora_request)
-        samples = []
-        for p, o in zip(prompt_ids, outs):
-            c = o.outputs[0]
-            toks = list(c.token_ids)
-            lps = [c.logprobs[t][tok].logprob for t, tok in enumerate(toks)]
-            why = "length" if c.finish_reason != "stop" else "tool" if isinstance(c.stop_reason, str) else "stop"
-            n = cut_at_stop(self.tok, toks, stop) if why == "tool" else None
-            toks, lps = (toks[:n], lps[:n]) if n else (toks, lps)
-            samples.append(Sample(p, toks, lps, why, self.tok.decode(toks, skip_special_tokens=True)))
+        rows = {self.add(p, b, temperature, sd, stop): i for i, (p, b, sd) in enumerate(zip(prompt_ids, budgets, seeds))}
+        samples = [None] * len(prompt_ids)
+        while any(s is None for s in samples):
+            if not self.busy() and not self._finished:
+                raise RuntimeError("vLLM has no unfinished requests but some of this batch did not come back")
+            for rid, s in self.step():
+                if rid in rows:
+                    samples[rows[rid]] = s
+                else:
+                    self._finished.append((rid, s))
         return samples
 
     def sleep(self) -> None:

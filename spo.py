@@ -73,7 +73,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
 
 def policy_loss(logp, old_logp, advantages, mask, epsilon: float = 0.2, epsilon_high: float = 0.28,
                 dual_clip: float | None = 10.0, variant: str = "ppo", tau_pos: float = 1.0,
-                tau_neg: float = 1.05, normalizer: float | None = None):
+                tau_neg: float = 1.05, normalizer: float | None = None, weights=None):
     """Clipped policy-gradient loss (Eq. 10) and its stats. Returns (loss, stats dict of floats).
 
     logp, old_logp: [B, T] log-probs of the sampled tokens under the policy being trained and the
@@ -97,8 +97,11 @@ def policy_loss(logp, old_logp, advantages, mask, epsilon: float = 0.2, epsilon_
     normalizer: when this call sees one micro-batch of a larger mini-batch, pass the mini-batch's
     token count ("ppo", "sapo") or sequence count ("gspo") so that accumulated gradients equal one
     big batch's; default: this call's own count.
+    weights: [B, T] per-token importance weights on the loss, no gradient (`tis_weights`: off-policy
+    samples); the normaliser still counts tokens, not weights.
     """
     mask = mask.to(logp.dtype)
+    wmask = mask if weights is None else mask * weights.detach().to(logp.dtype)   # [B, T] loss weight per token
     adv = advantages.to(logp.dtype)
     if adv.dim() == 1:
         adv = adv.unsqueeze(-1)                                       # [B, 1] -> broadcasts over T
@@ -117,7 +120,7 @@ def policy_loss(logp, old_logp, advantages, mask, epsilon: float = 0.2, epsilon_
             stats["clip_frac_dual"] = masked_mean(((adv < 0) & (ratio > dual_clip)).to(mask), mask)
         stats["clip_frac_low"] = masked_mean(((adv < 0) & (ratio < low)).to(mask), mask)
         stats["clip_frac_high"] = masked_mean(((adv > 0) & (ratio > high)).to(mask), mask)
-        loss = (loss_tok * mask).sum() / n_tok
+        loss = (loss_tok * wmask).sum() / n_tok
     elif variant == "gspo":
         seq_log_ratio = masked_mean(log_ratio, mask, dim=-1)          # [B]
         # token-level form with sg[s_i] * pi / sg[pi]: same value and gradient as the sequence ratio
@@ -125,7 +128,7 @@ def policy_loss(logp, old_logp, advantages, mask, epsilon: float = 0.2, epsilon_
         adv_seq = adv[:, 0]                                           # [B]
         low, high = 1.0 - epsilon, 1.0 + epsilon_high
         loss_tok = torch.maximum(-adv * s, -adv * s.clamp(low, high))
-        loss_seq = masked_mean(loss_tok, mask, dim=-1)                # [B]
+        loss_seq = (loss_tok * wmask).sum(-1) / mask.sum(-1).clamp(min=1)  # [B] (masked mean)
         has_tok = (mask.sum(-1) > 0).to(logp.dtype)
         loss = (loss_seq * has_tok).sum() / (has_tok.sum().clamp(min=1) if normalizer is None else normalizer)
         s_seq = seq_log_ratio.exp()
@@ -134,7 +137,7 @@ def policy_loss(logp, old_logp, advantages, mask, epsilon: float = 0.2, epsilon_
     elif variant == "sapo":
         tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
         gate = (4.0 / tau) * torch.sigmoid(tau * (ratio - 1.0))       # [B, T]
-        loss = (-gate * adv * mask).sum() / n_tok
+        loss = (-gate * adv * wmask).sum() / n_tok
     else:
         raise ValueError(f"variant must be 'ppo', 'gspo' or 'sapo', got {variant!r}")
 
@@ -144,6 +147,24 @@ def policy_loss(logp, old_logp, advantages, mask, epsilon: float = 0.2, epsilon_
         stats["ratio_mean"] = masked_mean(lr.exp(), mask)
         stats["ratio_max"] = (lr.exp() * mask).max() if mask.any() else torch.zeros(())
     return loss, {k: float(v) for k, v in stats.items()}
+
+
+def tis_weights(old_logp, behaviour_logp, mask, cap: float = 2.0):
+    """Truncated importance sampling for off-policy samples (Yao et al. 2025, "TIS"; verl rollout_is=token):
+
+        w_t = min( pi_old(y_t) / pi_behaviour(y_t), C )                    per token, no gradient
+
+    pi_behaviour sampled the tokens (the engine's log-probs, possibly an older adapter: continuous
+    collection, collector.py); pi_old is the trainer's recomputed policy before this update, the
+    centre of the PPO trust region (Eq. 10's ratio pi_theta / pi_old). The loss of token t is then
+    w_t * PPO-clip_t: an unbiased correction where w_t <= C, truncated above C to bound the variance.
+    old_logp, behaviour_logp, mask: [B, T]. Returns (w [B, T], stats: mean and max of the raw ratio,
+    share of tokens truncated), 0 on padding.
+    """
+    raw = (old_logp.detach() - behaviour_logp).clamp(-20.0, 20.0).exp() * mask       # [B, T]
+    w = raw.clamp(max=cap) * mask
+    return w, {"tis/ratio_mean": float(masked_mean(raw, mask)), "tis/ratio_max": float(raw.max()) if mask.any() else 0.0,
+               "tis/truncated_share": float(masked_mean((raw > cap).to(mask.dtype), mask))}
 
 
 # ============================================================== drift and log-probs

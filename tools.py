@@ -50,47 +50,67 @@ class ToolEngine(Engine):
         the tool protocol's own (</code>)."""
         if stop:
             raise ValueError(f"a tool rollout stops at {STOP} itself; got stop={stop}")
-        budgets = per_row(max_new_tokens, len(prompt_ids))
-        rs = [dict(prompt=p, ids=[], mask=[], lps=[], why="length", turns=0, calls=0, errors=0, timeouts=0,
-                   tool_s=0.0, budget=b) for p, b in zip(prompt_ids, budgets)]
+        rs = [ToolTrajectory(p, b) for p, b in zip(prompt_ids, per_row(max_new_tokens, len(prompt_ids)))]
         live = list(range(len(rs)))
         while live:
-            turn = rs[live[0]]["turns"]
+            turn = rs[live[0]].turns
             out = self.engine.generate_ids(
-                [rs[i]["prompt"] + rs[i]["ids"] for i in live], [rs[i]["budget"] - len(rs[i]["ids"]) for i in live],
-                temperature, seed=None if seed is None else seed + 7919 * turn,
+                [rs[i].prompt + rs[i].ids for i in live], [rs[i].left() for i in live], temperature,
+                seed=None if seed is None else seed + 7919 * turn,
                 seeds=None if seeds is None else [seeds[i] + 1_000_003 * turn for i in live], stop=STOP)
-            calls = []
-            for i, o in zip(live, out):
-                r = rs[i]
-                r["ids"] += o.completion_ids
-                r["mask"] += [1] * len(o.completion_ids)
-                r["lps"] += o.logprobs
-                r["turns"] += 1
-                r["why"] = o.finish_reason
-                code = extract_code(self.tok.decode(o.completion_ids)) if o.finish_reason == "tool" else None
-                if code is not None and len(r["ids"]) < r["budget"] and r["turns"] < self.max_turns:
-                    calls.append((i, wrap_last_line(code)))
+            calls = [(i, code) for i, o in zip(live, out)
+                     if (code := rs[i].add_turn(o, self.tok, self.max_turns)) is not None]
             t0 = time.time()
             results = list(self.pool.map(self.run, [c for _, c in calls]))
-            live = []
-            for (i, _), text in zip(calls, results):
-                r = rs[i]
-                r["calls"] += 1
-                r["tool_s"] += (time.time() - t0) / max(len(calls), 1)   # the turn's tool wall time, shared
-                r["errors"] += any(e in text for e in ERRORS)
-                r["timeouts"] += "TimeoutError:" in text
-                obs = self.tok(interpreter_block(text, self.max_chars), add_special_tokens=False)["input_ids"]
-                if len(r["ids"]) + len(obs) >= r["budget"]:
-                    r["why"] = "length"                          # as the official loop: ends, output not appended
-                    continue
-                r["ids"] += obs
-                r["mask"] += [0] * len(obs)
-                r["lps"] += [0.0] * len(obs)
-                live.append(i)
-        return [Sample(r["prompt"], r["ids"], r["lps"], r["why"], self.tok.decode(r["ids"], skip_special_tokens=True),
-                       mask=r["mask"], info={k: r[k] for k in ("turns", "calls", "errors", "timeouts", "tool_s")})
-                for r in rs]
+            share = (time.time() - t0) / max(len(calls), 1)           # the turn's tool wall time, shared
+            live = [i for (i, _), text in zip(calls, results) if rs[i].add_output(text, self.tok, self.max_chars, share)]
+        return [r.sample(self.tok) for r in rs]
+
+
+class ToolTrajectory:
+    """One tool-integrated response being built, turn by turn: what the batch loop above and the continuous
+    collector (collector.py) both do to a response between two generation turns."""
+
+    def __init__(self, prompt: list, budget: int):
+        self.prompt, self.budget = prompt, budget
+        self.ids, self.mask, self.lps, self.why = [], [], [], "length"
+        self.turns = self.calls = self.errors = self.timeouts = 0
+        self.tool_s = 0.0
+
+    def left(self) -> int:
+        return self.budget - len(self.ids)
+
+    def add_turn(self, o: Sample, tok, max_turns: int) -> str | None:
+        """Append a generation turn; return the code to run (last line wrapped in print) if the turn ended
+        in </code> with a code block and budget and turns are left, else None (the response is done)."""
+        self.ids += o.completion_ids
+        self.mask += [1] * len(o.completion_ids)
+        self.lps += o.logprobs
+        self.turns += 1
+        self.why = o.finish_reason
+        code = extract_code(tok.decode(o.completion_ids)) if o.finish_reason == "tool" else None
+        return wrap_last_line(code) if code is not None and self.left() > 0 and self.turns < max_turns else None
+
+    def add_output(self, text: str, tok, max_chars: int, seconds: float = 0.0) -> bool:
+        """Append the tool's output as an <interpreter> block (mask 0); False if it would not fit (the
+        response ends there, output not appended, as the official loop)."""
+        self.calls += 1
+        self.tool_s += seconds
+        self.errors += any(e in text for e in ERRORS)
+        self.timeouts += "TimeoutError:" in text
+        obs = tok(interpreter_block(text, max_chars), add_special_tokens=False)["input_ids"]
+        if len(self.ids) + len(obs) >= self.budget:
+            self.why = "length"
+            return False
+        self.ids += obs
+        self.mask += [0] * len(obs)
+        self.lps += [0.0] * len(obs)
+        return True
+
+    def sample(self, tok) -> Sample:
+        return Sample(self.prompt, self.ids, self.lps, self.why, tok.decode(self.ids, skip_special_tokens=True),
+                      mask=self.mask, info={"turns": self.turns, "calls": self.calls, "errors": self.errors,
+                                            "timeouts": self.timeouts, "tool_s": self.tool_s})
 
 
 def tool_metrics(samples: list) -> dict:

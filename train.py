@@ -40,9 +40,10 @@ from run_dir import GracefulStop, Logger, load_adapter, load_checkpoint, plot, s
 from rollout import (LoraArgs, check_sync, compare_logprobs, load_policy, make_engine, pad_logprobs, policy_mask,
                      sequence_logprobs)
 from sampler import PrioritizedSampler, priority_weights
+from collector import ContinuousCollector
 from sandbox import SandboxUnavailable, check_server, isolation
 from segment import cutpoint_bounds, cutpoints, fixed_bounds, segment_batch
-from spo import degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages
+from spo import degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages, tis_weights
 from tools import ToolEngine, tool_metrics
 from tracker import ValueTracker
 
@@ -58,7 +59,9 @@ def load_model_and_engine(cfg: Config, dist: Dist, adapter: str | None):
         load_adapter(model, adapter, cfg.lora_r)
     engine = make_engine(cfg.engine, model, tok, path, max_prompt_length=cfg.max_prompt_length,
                          max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed + dist.rank,
-                         gpu_memory_utilization=cfg.gpu_memory_utilization, load_in_4bit=cfg.load_in_4bit)
+                         gpu_memory_utilization=cfg.gpu_memory_utilization, load_in_4bit=cfg.load_in_4bit,
+                         **(dict(max_loras=cfg.max_staleness // (cfg.num_minibatches * cfg.ppo_epochs) + 2)
+                            if cfg.collect == "continuous" else {}))   # carried trajectories keep their adapter
     if cfg.tools == "python":            # responses call the Python tool (tools.py, sandbox.py)
         engine = ToolEngine(engine, tok, cfg.max_tool_turns, cfg.max_tool_response_length, cfg.tool_timeout,
                             cfg.sandbox_workers, cfg.sandbox_url)
@@ -125,6 +128,7 @@ class Batch:
     adv: torch.Tensor = None             # [B] normalised advantages (Eq. 9)
     raw: np.ndarray = None               # [B] unnormalised advantages r - baseline
     carry: torch.Tensor = None           # [B, T] tokens that carry an advantage (segment: per-token advantages)
+    staleness: np.ndarray = None         # [B] optimizer steps since each response's adapter (continuous collection)
 
 
 class Trainer:
@@ -150,16 +154,33 @@ class Trainer:
         self.mine = list(range(dist.rank, cfg.batch_size, dist.world))   # this rank's rows of every batch
         self.bad_steps = 0     # consecutive steps with a skipped (non-finite) update
         self.start = 0         # the step a resumed run continues after
+        self.opt_steps = 0     # optimizer steps taken (the staleness clock of continuous collection)
+        self.collector = None  # continuous collection (collector.py): trajectories in flight across steps
+        if cfg.collect == "continuous":
+            if engine.name != "vllm" or dist.world > 1:
+                raise ConfigError("--collect continuous needs --engine vllm in a single process")
+            self.collector = ContinuousCollector(
+                engine, [tok(fmt[k], add_special_tokens=False)["input_ids"] for k in self.keys],
+                cfg.max_completion_length, cfg.temperature, cfg.batch_size, cfg.oversample,
+                cfg.group_size if cfg.algo == "grpo" else 1, cfg.max_staleness, cfg.seed,
+                tools=engine if cfg.tools == "python" else None,
+                score=lambda i, s: self.reward_fn(s.text, train_tasks[i].answer))
 
     def state_dict(self) -> dict:
         return {"optimizer": self.opt.state_dict(), "tracker": self.tracker.state_dict(),
-                "sampler": self.sampler.state_dict(), "stored": self.stored, "history": self.history}
+                "sampler": self.sampler.state_dict(), "stored": self.stored, "history": self.history,
+                "opt_steps": self.opt_steps, **({"collector": self.collector.state_dict()} if self.collector else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.opt.load_state_dict(state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
         self.sampler.load_state_dict(state["sampler"])
         self.stored, self.history, self.start = state["stored"], state["history"], state["step"]
+        self.opt_steps = state.get("opt_steps", 0)
+        if self.collector and "collector" in state:
+            lost = self.collector.load_state_dict(state["collector"])
+            self.dist.say(f"continuous collection: {sum(len(g) for g in self.collector.ready)} landed trajectories "
+                          f"restored; {lost} were in flight at the checkpoint and are lost (not resumed)")
 
     def step(self, step: int) -> tuple[dict, Batch]:
         m = {"step": step}
@@ -176,25 +197,38 @@ class Trainer:
     # ---- 1. prompts: Eq. 11 weights from the tracker (SPO) or uniform (GRPO); same draw on every rank
     def draw(self, m: dict) -> Batch:
         cfg, t0 = self.cfg, time.time()
-        B = cfg.batch_size
-        v = self.tracker.value(self.keys)                                   # [M] v_hat of the whole pool
-        if cfg.algo == "spo" and not cfg.uniform_sampling:
-            idx = self.sampler.sample(priority_weights(v, cfg.sampling_epsilon), B)
-        elif cfg.algo != "grpo":             # spo --uniform-sampling, segment
-            idx = self.sampler.uniform(len(self.keys), B)
-        else:
-            idx = np.repeat(self.sampler.uniform(len(self.keys), B // cfg.group_size), cfg.group_size)
-        tasks = [self.train_tasks[i] for i in idx]
+        if self.collector is not None:       # continuous: the collector draws (self.choose) as trajectories land
+            m["time/tracker"] = 0.0
+            return Batch([], [])
+        G = cfg.group_size if cfg.algo == "grpo" else 1
+        idx = np.repeat(self.choose(cfg.batch_size // G), G)
         m["time/tracker"] = time.time() - t0                                 # tracker + sampler bookkeeping
-        if cfg.algo == "spo":                # the curriculum at work: uncertain prompts, batch vs pool
-            uncertain = (v > 0.2) & (v < 0.8)
-            m["sampler/uncertain_batch"] = float(uncertain[idx].mean())
-            m["sampler/uncertain_pool"] = float(uncertain.mean())
+        self.curriculum(idx, m)
+        tasks = [self.train_tasks[i] for i in idx]
         return Batch(tasks, [t.prompt for t in tasks])
+
+    def choose(self, n: int, busy: set = frozenset()) -> np.ndarray:
+        """n distinct prompt indices, none in `busy` (in flight): Eq. 11 weights (SPO) or uniform."""
+        free = np.array([i for i in range(len(self.keys)) if i not in busy])
+        n = min(n, len(free))
+        if self.cfg.algo == "spo" and not self.cfg.uniform_sampling:
+            v = self.tracker.value([self.keys[i] for i in free])             # [M_free] v_hat
+            return free[self.sampler.sample(priority_weights(v, self.cfg.sampling_epsilon), n)]
+        return free[self.sampler.uniform(len(free), n)]                      # GRPO, --uniform-sampling, segment
+
+    def curriculum(self, idx, m: dict) -> None:
+        """The curriculum at work (SPO): share of uncertain prompts (0.2 < v_hat < 0.8), batch vs pool."""
+        if self.cfg.algo == "spo":
+            v = self.tracker.value(self.keys)
+            uncertain = (v > 0.2) & (v < 0.8)
+            m["sampler/uncertain_batch"] = float(uncertain[np.asarray(idx)].mean())
+            m["sampler/uncertain_pool"] = float(uncertain.mean())
 
     # ---- 2. generate one response per prompt (GRPO: each prompt group_size times), this rank's rows
     def collect(self, batch: Batch, step: int, m: dict) -> None:
         cfg, t0 = self.cfg, time.time()
+        if self.collector is not None:
+            return self.collect_continuous(batch, m)
         base_seed = cfg.seed * 1_000_003 + step * 10_007
         batch.samples = self.engine.generate(
             [self.fmt[batch.keys[j]] for j in self.mine], cfg.max_completion_length, cfg.temperature,
@@ -203,6 +237,24 @@ class Trainer:
         m["time/generate"] = time.time() - t0
         m["tokens/generated"] = sum(self.dist.rows([len(s.completion_ids) for s in batch.samples], cfg.batch_size))
         self.engine.sleep()                  # vLLM on CUDA: free the KV cache, offload weights while training
+
+    # ---- 2'. continuous: the first B trajectories to land (collector.py); the rest stay in flight
+    def collect_continuous(self, batch: Batch, m: dict) -> None:
+        t0, c = time.time(), self.collector
+        trajs = c.collect(self.choose)
+        batch.tasks = [self.train_tasks[t.idx] for t in trajs]
+        batch.keys = [t.prompt for t in batch.tasks]
+        batch.samples = [t.sample for t in trajs]
+        batch.staleness = np.array([self.opt_steps - t.opt_step for t in trajs])
+        self.curriculum([t.idx for t in trajs], m)
+        m.update({"time/generate": time.time() - t0,
+                  "tokens/generated": sum(len(s.completion_ids) for s in batch.samples),
+                  "collect/in_flight": c.in_flight(), "collect/carried": sum(len(g) for g in c.ready),
+                  "collect/dropped_stale": c.n_dropped, "collect/launched": c.n_launched,
+                  "collect/staleness_mean": float(batch.staleness.mean()),
+                  "collect/staleness_max": int(batch.staleness.max()),
+                  "collect/stale_share": float((batch.staleness > 0).mean()),
+                  **c.lengths(trajs)})
 
     # ---- 3. rewards (gathered: the batch is global) and advantages
     def advantages(self, batch: Batch, m: dict) -> None:
@@ -272,6 +324,12 @@ class Trainer:
         mask = policy_mask(batch.samples, old_logp.shape[1])    # [b, T] sampled tokens; tool output is 0
         if batch.carry is not None:                             # segment: only the tokens that carry an advantage
             mask = mask * batch.carry[self.mine, :mask.shape[1]]
+        weights, fresh = None, torch.ones(len(batch.samples), 1)
+        if batch.staleness is not None:     # continuous: off-policy rows (older adapters) are corrected
+            fresh = torch.tensor(batch.staleness[self.mine] == 0, dtype=torch.float32).unsqueeze(1)   # [b, 1]
+            if cfg.old_logprobs == "trainer":                   # w_t = min(pi_old / pi_behaviour, C)
+                weights, tis = tis_weights(old_logp, pad_logprobs(batch.samples, old_logp.shape[1]), mask, cfg.tis_cap)
+                m.update(tis)
         self.stats, skipped, before = [], 0, []
         mb = B // cfg.num_minibatches
         for epoch in range(cfg.ppo_epochs):
@@ -292,16 +350,18 @@ class Trainer:
                     adv = batch.adv[[self.mine[i] for i in r]]                   # [b] or [b, T] (segment)
                     loss, st = policy_loss(logp, old_logp[r, :logp.shape[1]],
                                            adv[:, :logp.shape[1]] if adv.dim() == 2 else adv, mk, cfg.epsilon,
-                                           cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant, normalizer=norm)
+                                           cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant, normalizer=norm,
+                                           weights=None if weights is None else weights[r, :logp.shape[1]])
                     loss.backward()
                     total += loss.item()
                     self.stats.append(st)
                     if cfg.old_logprobs == "engine" and epoch == 0 and s == 0:   # no optimizer step yet
                         width = (0, old_logp.shape[1] - logp.shape[1])
-                        before.append((F.pad(logp.detach(), width), old_logp[r], F.pad(mk, width)))
+                        before.append((F.pad(logp.detach(), width), old_logp[r], F.pad(mk * fresh[r], width)))
                 if before:                   # the engine-vs-trainer check, free: same tokens, same weights
-                    m.update({f"sync/{k}": v for k, v in compare_logprobs(
-                        *(torch.cat([x[i] for x in before]) for i in range(3))).items()})
+                    trainer_lp, engine_lp, fresh_mask = (torch.cat([x[i] for x in before]) for i in range(3))
+                    if fresh_mask.any():     # (continuous: rows sampled by the current adapter only)
+                        m.update({f"sync/{k}": v for k, v in compare_logprobs(trainer_lp, engine_lp, fresh_mask).items()})
                     before = []
                 dist.sum_grads(self.params)                                   # explicit all-reduce of LoRA grads
                 total = dist.sum(total).item()
@@ -312,6 +372,7 @@ class Trainer:
                 m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
+                self.opt_steps += 1
                 m["loss"] = total
         m["time/train"] = time.time() - t0
         m["nonfinite_loss_updates"] = skipped
@@ -361,7 +422,11 @@ class Trainer:
             dist.check_same(state_hash(self.tracker, self.sampler, self.model),
                             f"tracker/sampler/adapter state at step {step}")
         self.engine.wake_up()
-        self.engine.load_adapter(self.model)
+        if self.collector is None:
+            self.engine.load_adapter(self.model)
+        else:                                # drop the too-stale, keep the adapters the others still sample with
+            m["collect/dropped_now"] = self.collector.advance(self.opt_steps)
+            self.engine.load_adapter(self.model, keep=self.collector.versions_in_use())
         if cfg.sync_check_every and self.engine.name != "hf" and cfg.old_logprobs == "trainer" and \
                 (step == self.start + 1 or step % cfg.sync_check_every == 0):
             again = self.engine.generate([self.fmt[batch.keys[j]] for j in self.mine[:4]],
@@ -460,13 +525,16 @@ def train(cfg: Config) -> dict:
         if stop.signal:
             if log:
                 log.close()
-            dist.say(f"{stop.signal}: saved a checkpoint at step {step}; continue with --resume {cfg.output_dir}")
+            lost = f" ({tr.collector.close()} trajectories in flight are not saved)" if tr.collector else ""
+            dist.say(f"{stop.signal}: saved a checkpoint at step {step}{lost}; continue with --resume {cfg.output_dir}")
             dist.close()
             return {"stopped": stop.signal, "step": step}
         if cfg.token_budget and sum(h.get("tokens/generated", 0) for h in tr.history) >= cfg.token_budget:
             dist.say(f"--token-budget {cfg.token_budget} reached at step {step}")
             break
 
+    if tr.collector:
+        dist.say(f"continuous collection: {tr.collector.close()} trajectories still in flight aborted")
     return finish(cfg, dist, tr, log, lambda: evaluate(cfg, engine, held, fmt))
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from spo import (degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages,
+from spo import (degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages, tis_weights,
                  token_logprobs)
 
 # --------------------------------------------------------------- advantages
@@ -178,3 +178,22 @@ def test_token_logprobs_matches_log_softmax(dtype, temperature):
     g1, = torch.autograd.grad(got.sum(), logits)
     g2, = torch.autograd.grad(ref.sum(), logits)
     torch.testing.assert_close(g1, g2)
+
+
+def test_tis_weights_hand_derived():
+    # pi_old / pi_behaviour = 0.5/0.25, 0.2/0.4, 0.9/0.3 = 2, 0.5, 3 -> capped at 2: 2, 0.5, 2; padding 0
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.9, 0.7]]))
+    beh = torch.log(torch.tensor([[0.25, 0.4, 0.3, 0.1]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w, st = tis_weights(old, beh, mask, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[2.0, 0.5, 2.0, 0.0]]))
+    assert st["tis/ratio_mean"] == pytest.approx(5.5 / 3) and st["tis/ratio_max"] == pytest.approx(3.0)
+    assert st["tis/truncated_share"] == pytest.approx(1 / 3)           # 2 is at the cap, not above it
+    # on-policy (ratio 1), A = 1: each token's loss is -1, weighted: -(2 + 0.5 + 2) / 3 tokens
+    logp = old.clone().requires_grad_(True)
+    loss, _ = policy_loss(logp, old, torch.tensor([1.0]), mask, weights=w)
+    assert loss.item() == pytest.approx(-1.5)
+    loss.backward()                                  # d/dlogp of -w * ratio at ratio 1 = -w / 3 tokens
+    assert torch.allclose(logp.grad, torch.tensor([[-2 / 3, -0.5 / 3, -2 / 3, 0.0]]))
+    unweighted, _ = policy_loss(old, old, torch.tensor([1.0]), mask)
+    assert unweighted.item() == pytest.approx(-1.0)

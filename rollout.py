@@ -137,6 +137,14 @@ def load_policy(name: str = EMBEDDED_MODEL, lora: LoraArgs | None = LoraArgs(), 
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         if load_in_4bit:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device.startswith("cuda"))
+            # it upcasts every weight that is not 4-bit (embedding, LM head, norms) to fp32. Back to the compute
+            # dtype (measured on Qwen3-8B's shapes, bench/gpu_memory.py): fp32 norms make the hidden states fp32,
+            # so SDPA finds no flash kernel for grouped-query attention and materialises [heads, L, L] scores
+            # (31 GB at 10k tokens), and an fp32 LM head doubles the logits (5 GB at 8k positions, again for the
+            # gradient). RMSNorm computes in fp32 inside anyway; the frozen weights gain nothing from fp32.
+            for p in model.parameters():
+                if p.dtype == torch.float32:
+                    p.data = p.data.to(torch_dtype)
         cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                          target_modules=list(lora.targets), task_type="CAUSAL_LM")
         model = get_peft_model(model, cfg)
@@ -194,6 +202,8 @@ def sequence_logprobs(model, prompt_ids: list, completion_ids: list, pad_id: int
             att[i, p_len - len(p):p_len + len(c)] = 1
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         ids, att, pos = ids.to(device), att.to(device), pos.to(device)
+        if ids.is_cuda and bool(att.all()):   # no padding: no mask, so SDPA takes its causal flash kernel instead
+            att = pos = None                  # of materialising [heads, L, L] scores (measured: 31 GB at 10k tokens)
         logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=t_len + 1).logits
         lp = token_logprobs(logits[:, :-1], ids[:, p_len:], temperature)               # [b, t_len]
         for k, i in enumerate(idx):

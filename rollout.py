@@ -363,7 +363,7 @@ class HFEngine(Engine):
                     **sampling)
                 gen = out.sequences[:, width:].cpu()                                   # [b, steps]
                 lp = torch.stack([torch.log_softmax(sc.float(), -1) for sc in out.scores], 1)  # [b, steps, V]
-                lp = lp.gather(-1, gen.unsqueeze(-1)).squeeze(-1).cpu()                # [b, steps]
+                lp = lp.gather(-1, gen.to(lp.device).unsqueeze(-1)).squeeze(-1).cpu()  # [b, steps]
                 for k, i in enumerate(rows):
                     toks = gen[k, :budgets[i]].tolist()
                     n, why = len(toks), "length"

@@ -328,8 +328,12 @@ class Trainer:
         if batch.staleness is not None:     # continuous: off-policy rows (older adapters) are corrected
             fresh = torch.tensor(batch.staleness[self.mine] == 0, dtype=torch.float32).unsqueeze(1)   # [b, 1]
             if cfg.old_logprobs == "trainer":                   # w_t = min(pi_old / pi_behaviour, C)
-                weights, tis = tis_weights(old_logp, pad_logprobs(batch.samples, old_logp.shape[1]), mask, cfg.tis_cap)
+                weights, tis = tis_weights(old_logp.cpu(), pad_logprobs(batch.samples, old_logp.shape[1]), mask,
+                                           cfg.tis_cap)
                 m.update(tis)
+        dev = next(model.parameters()).device     # the loss's inputs where the log-probs are (CUDA)
+        old_logp, mask, fresh = old_logp.to(dev), mask.to(dev), fresh.to(dev)
+        weights = None if weights is None else weights.to(dev)
         self.stats, skipped, before = [], 0, []
         mb = B // cfg.num_minibatches
         for epoch in range(cfg.ppo_epochs):
@@ -347,7 +351,7 @@ class Trainer:
                     logp, _ = sequence_logprobs(model, [p_ids[i] for i in r], [c_ids[i] for i in r], pad,
                                                 cfg.temperature, cfg.micro_batch_size)
                     mk = mask[r, :logp.shape[1]]
-                    adv = batch.adv[[self.mine[i] for i in r]]                   # [b] or [b, T] (segment)
+                    adv = batch.adv[[self.mine[i] for i in r]].to(dev)           # [b] or [b, T] (segment)
                     loss, st = policy_loss(logp, old_logp[r, :logp.shape[1]],
                                            adv[:, :logp.shape[1]] if adv.dim() == 2 else adv, mk, cfg.epsilon,
                                            cfg.epsilon_high, cfg.dual_clip, cfg.loss_variant, normalizer=norm,
@@ -398,10 +402,10 @@ class Trainer:
             t0 = time.time()
             local_d = np.zeros(len(mine))
             if seen:
-                then = torch.zeros(len(seen), now.shape[1])
+                then = torch.zeros(len(seen), now.shape[1], device=now.device)
                 for k, i in enumerate(seen):
                     then[k, :len(prev[i][2])] = torch.tensor(prev[i][2])
-                local_d[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).numpy()
+                local_d[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).cpu().numpy()
             new = [(p_ids[i], c_ids[i], now[len(seen) + i, :len(c_ids[i])].tolist()) for i in range(len(mine))]
             for j, entry in zip(range(B), dist.rows(new, B)):  # store for the next visit, on every rank
                 self.stored[batch.keys[j]] = entry

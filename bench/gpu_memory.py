@@ -89,7 +89,7 @@ def main():
     (logp, mask), _ = phase("forward with grad (checkpointed)",
                             lambda: sequence_logprobs(model, [prompt], [comp], tok.pad_token_id, 1.0, 1))
     loss, _ = policy_loss(logp, old, torch.tensor([1.0], device=logp.device), mask)
-    phase("backward", lambda: loss.backward())
+    phase("backward", loss.backward)
     del logp, loss
     phase("optimizer step (AdamW moments appear)", lambda: opt.step())
     opt.zero_grad(set_to_none=True)

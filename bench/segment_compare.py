@@ -13,8 +13,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
+
+from child import emit, run_child
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,19 +51,15 @@ def main():
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.arm:
-        print("RESULT " + json.dumps(one(a.arm, a.seed, a)))
+        emit(one(a.arm, a.seed, a))
         return
     os.makedirs(a.out, exist_ok=True)
     rows = []
     for seed in range(a.seeds):
         for arm in ARMS:
-            r = subprocess.run([sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--token-budget",
-                                str(a.token_budget), "--max-completion-length", str(a.max_completion_length)],
-                               capture_output=True, text=True, cwd=ROOT)
-            line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{arm} seed {seed} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-            rows.append({"arm": arm, "seed": seed, **json.loads(line[7:])})
+            rows.append({"arm": arm, "seed": seed, **run_child(__file__, "--arm", arm, "--seed", seed, "--token-budget",
+                                                                a.token_budget, "--max-completion-length",
+                                                                a.max_completion_length)})
             print(json.dumps(rows[-1]), flush=True)
     with open(os.path.join(a.out, "runs.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

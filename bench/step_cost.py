@@ -8,11 +8,11 @@ are timed); figures are medians over the steps after the first (warm-up). Peak m
 maximum resident set size, model load included. Run it alone: two torch processes slow each other ~10x.
 """
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
+
+from child import emit, run_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ["time/tracker", "time/generate", "time/train", "time/drift"]
@@ -28,7 +28,7 @@ def child(length: int, steps: int, algo: str, out_dir: str) -> None:
     rows = res["history"][1:] or res["history"]
     med = {k: float(np.median([r.get(k, 0.0) for r in rows])) for k in PARTS + ["time/step", "response_length"]}
     med["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print("RESULT " + json.dumps(med))
+    emit(med)
 
 
 def main():
@@ -47,12 +47,8 @@ def main():
         return child(a.child, a.steps, a.algo, a.out_dir)
     rows = []
     for length in (a.base_length, 4 * a.base_length):
-        r = subprocess.run([sys.executable, __file__, "--child", str(length), "--steps", str(a.steps), "--algo",
-                            a.algo, "--out-dir", f"{a.out_dir}/{length}"], capture_output=True, text=True, cwd=ROOT)
-        line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"step-cost child failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-        rows.append((length, json.loads(line[7:])))
+        rows.append((length, run_child(__file__, "--child", length, "--steps", a.steps, "--algo", a.algo,
+                                       "--out-dir", f"{a.out_dir}/{length}")))
     print(f"\n{a.algo.upper()} step on SmolLM2-135M + LoRA r=16, batch 16, CPU ({os.cpu_count()} cores), "
           f"median of steps 2..{a.steps}\n")
     print("| max new tokens | mean length | tracker+sampler | generate | train (old logp + PPO) | drift pass "

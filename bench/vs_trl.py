@@ -23,6 +23,8 @@ import statistics
 import sys
 import time
 
+from child import emit, run_child
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 ARMS = ["TRL GRPO 4x4", "our GRPO 4x4", "our SPO (default)"]
@@ -96,21 +98,16 @@ def main():
     runs_dir = "/tmp/spo-vs-trl"
     if a.arm:                                # one arm in a fresh process: no state leaks between arms
         res = trl(a.seed, a, runs_dir) if a.arm.startswith("TRL") else ours(a.arm, a.seed, a, runs_dir)
-        print("RESULT " + json.dumps(res))
+        emit(res)
         return
-    import subprocess
     os.makedirs(a.out, exist_ok=True)
     log = os.path.join(a.out, "runs.jsonl")
     if a.first_seed == 0 and not a.arms and os.path.exists(log):
         os.remove(log)                       # a fresh record; --first-seed N adds to it
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         for arm in a.arms or ARMS:
-            r = subprocess.run([sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--steps", str(a.steps),
-                                "--n-eval", str(a.n_eval)], capture_output=True, text=True, cwd=ROOT)
-            line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{arm} seed {seed} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-            row = {"arm": arm, "seed": seed, "steps": a.steps, **json.loads(line[7:])}
+            row = {"arm": arm, "seed": seed, "steps": a.steps,
+                   **run_child(__file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--n-eval", a.n_eval)}
             with open(log, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{arm:18s} seed {seed}: avg@4 {row['start']['eval/avg@4']:.3f} -> {row['end']['eval/avg@4']:.3f}  "

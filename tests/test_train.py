@@ -39,6 +39,10 @@ def test_bad_flags_fail_before_any_model_loads(tmp_path):
                       (["--resume", str(tmp_path / "nothing")], "--resume .*nothing: no such file")]:
         with pytest.raises(T.ConfigError, match=msg):
             T.validate(tyro.cli(T.Config, args=args))
+    with pytest.raises(T.ConfigError, match="--load-in-4bit needs --old-logprobs trainer"):
+        T.validate(tyro.cli(T.Config, args=["--load-in-4bit", "--old-logprobs", "engine"]))
+    argv = ["--load-in-4bit"]                            # not asked for explicitly: the CLI picks the trainer's
+    assert T.apply_profile(tyro.cli(T.Config, args=argv), argv).old_logprobs == "trainer"
     r = _cli("--batch-size", "200")                      # and the CLI says so in one line, exit 1
     assert r.returncode == 1 and "error: --batch-size 200" in r.stderr and "Loading" not in r.stderr
 

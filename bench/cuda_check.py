@@ -24,7 +24,10 @@ SMALL = dict(batch_size=16, n_train=32, n_eval=16, offline_samples=2, max_comple
 
 
 def main():
-    assert torch.cuda.is_available(), "needs CUDA"
+    import argparse
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench/cuda_check.py needs a CUDA GPU")
     out = {}
     for name, extra in [("bf16", {}), ("qlora-nf4", {"load_in_4bit": True, "old_logprobs": "trainer"})]:
         run = tempfile.mkdtemp(prefix=f"spo-cuda-{name}-")

@@ -74,6 +74,12 @@ class Config:
     """tracker forgetting factor upper bound, window 1 / (1 - rho_max) (the paper: 0.96, window 25)"""
     d_half: float = 0.06
     """drift half-life D_half of the forgetting factor (official code's constant)"""
+    drift_at: str = "update"
+    """where the drift D (rho's input) is measured on a prompt's stored previous response: 'update' (the
+    official code: after this step's update, against its score after the update at the last visit; two
+    no-grad passes' worth of rows) or 'sampling' (the paper's words, "the last policy that acted on x":
+    the policy sampling now against the one that sampled then, i.e. pi_old now vs pi_old stored; one pass
+    over the stored responses only, and none over this step's, whose pi_old is already known)"""
     sampling_epsilon: float = 0.05
     """exploration floor of the prompt weights (Eq. 11)"""
     uniform_sampling: bool = False
@@ -205,7 +211,7 @@ PAPER_PROFILE = dict(
     learning_rate=1e-5,                         # paper: 1e-6 full fine-tuning; LoRA needs ~10x more
     lora_r=32, lora_alpha=64, micro_batch_size=1, steps=500,
     eval_every=10, eval_k=16, eval_temperature=0.6, n_eval=30, save_every=10,
-    gpu_memory_utilization=0.35, old_logprobs="trainer",
+    gpu_memory_utilization=0.35, old_logprobs="trainer", drift_at="update",
     tools="python", max_tool_turns=8, max_tool_response_length=256,   # ReTool (spec §2.4), sandbox timeout 30 s
     tool_timeout=30.0, sandbox_workers=8,
 )
@@ -281,6 +287,7 @@ def validate(cfg: Config) -> None:
         need(prompts <= cfg.n_train, f"--batch-size {cfg.batch_size} needs {prompts} distinct prompts a step "
              f"but the pool has --n-train {cfg.n_train}")
     need(0 < cfg.rho_min <= cfg.rho_max < 1, "need 0 < --rho-min <= --rho-max < 1")
+    need(cfg.drift_at in ("update", "sampling"), f"--drift-at must be update or sampling, got {cfg.drift_at!r}")
     need(cfg.offline_samples >= 0 and cfg.eval_k >= 1, "--offline-samples must be >= 0 and --eval-k >= 1")
     for flag in ("offline_values", "resume", "eval_only", "init_adapter"):
         path = getattr(cfg, flag)

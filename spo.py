@@ -174,6 +174,8 @@ def policy_drift(logp_prev, logp_now, mask) -> torch.Tensor:
     """The official code's D for the tracker (§4.1; spec §1.2): per sequence, the masked mean of
     |log pi_prev(y_t) - log pi_now(y_t)| over the tokens of the response y stored at the prompt's
     last visit, scored then (logp_prev) and now (logp_now). Returns [B]; 0 for an empty mask.
+    Which policies "then" and "now" are is the caller's choice: the code scores after each update,
+    the paper's words name the policies that sampled (train.py --drift-at).
     """
     return masked_mean((logp_prev - logp_now).abs(), mask, dim=-1)
 

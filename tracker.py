@@ -16,7 +16,9 @@ where D is the drift of the policy since the prompt was last visited. The effect
 N_eff = alpha + beta settles at 1 / (1 - rho), a window of 8 (rho_min) to 25 (rho_max) visits.
 
 Official code vs paper (volcengine/verl recipe/spo), followed here and marked CODE!=PAPER:
-- D_half = 0.06 (the paper gives no value); D is the mean |delta log-prob| (see spo.policy_drift).
+- D_half = 0.06 (the paper gives no value); D is the mean |delta log-prob| (see spo.policy_drift),
+  measured by the code between post-update policies (the paper: "the last policy that acted on x" and
+  the current one; the trainer's --drift-at picks either, the tracker only sees D).
 - A first visit has no previous response, so D = 0 and rho = rho_max = 0.96.
 - Offline init (Eq. 6) uses a Jeffreys-smoothed mean v0 = (s + 0.5) / (n0 + 1) instead of s / n0,
   so v_hat is never exactly 0 or 1 and sampling weights (Eq. 11) never collapse.

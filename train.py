@@ -15,6 +15,7 @@ One SPO step (paper Alg. 1, in the order of the official code) is `Trainer.step`
                   (GRPO: the group mean; Segment-PO: per-segment Monte Carlo values, [B, T])  segment.py
   4. update       old log-probs, PPO-clip mini-batch updates                      (Eq. 10)   spo.py
   5. track        drift D per prompt on its stored previous response, rho, tracker update (Eq. 5) tracker.py
+                  (--drift-at sampling: D is measured before the update, in one smaller pass)
   6. sync_engine  adapter to the engine (and the engine-vs-trainer check); then metrics, checkpoint
 Options live in config.py (one documented dataclass), torchrun plumbing in dist.py, what a run writes
 (metrics, dashboard, checkpoints) in run_dir.py.
@@ -129,6 +130,9 @@ class Batch:
     raw: np.ndarray = None               # [B] unnormalised advantages r - baseline
     carry: torch.Tensor = None           # [B, T] tokens that carry an advantage (segment: per-token advantages)
     staleness: np.ndarray = None         # [B] optimizer steps since each response's adapter (continuous collection)
+    drift: np.ndarray = None             # [B] D since each prompt's last visit (SPO; 0 on a first visit)
+    first: np.ndarray = None             # [B] True on a prompt's first visit
+    old_logp: torch.Tensor = None        # this rank's [b, T] pi_old, when the drift pass already scored it
 
 
 class Trainer:
@@ -187,8 +191,12 @@ class Trainer:
         batch = self.draw(m)                 # 1. prompts (Eq. 11)
         self.collect(batch, step, m)         # 2. one response per prompt
         self.advantages(batch, m)            # 3. rewards, A = r - v_hat_{-1}, normalised (Eq. 8-9)
+        if self.cfg.drift_at == "sampling":
+            self.drift(batch, m)             # 5a. drift D since each prompt's last visit, between sampling policies
         self.update(batch, step, m)          # 4. PPO-clip mini-batch updates (Eq. 10)
-        self.track(batch, m)                 # 5. drift D, rho, tracker update (Eq. 5)
+        if self.cfg.drift_at == "update":
+            self.drift(batch, m)             # 5a. ... or between post-update policies (official code)
+        self.track(batch, m)                 # 5. rho from D, tracker update (Eq. 5)
         self.sync_engine(batch, step, m)     # 6. adapter to the engine, sync self-test
         self.summarise(batch, m)
         self.history.append(m)
@@ -318,6 +326,8 @@ class Trainer:
         model.train()
         if cfg.old_logprobs == "engine":     # pi_old = the sampling policy's own log-probs: no extra pass
             old_logp = pad_logprobs(batch.samples)                                          # [b, T]
+        elif batch.old_logp is not None:     # scored by the drift pass (--drift-at sampling), same weights
+            old_logp = batch.old_logp
         else:                                # pi_old recomputed by the trainer, as verl's compute_log_prob
             with torch.no_grad():
                 old_logp, _ = sequence_logprobs(model, p_ids, c_ids, pad, cfg.temperature, cfg.micro_batch_size)
@@ -385,32 +395,54 @@ class Trainer:
             raise RuntimeError(f"stopping: {self.bad_steps} consecutive steps with a non-finite loss (step {step}); "
                                f"the last checkpoint is in {cfg.output_dir}/ckpt")
 
-    # ---- 5. drift on each prompt's stored previous response, then the tracker (Eq. 5)
-    def track(self, batch: Batch, m: dict) -> None:
+    # ---- 5a. drift D on each prompt's stored previous response (SPO): how far the policy moved since then
+    def drift(self, batch: Batch, m: dict) -> None:
+        """D = mean |log pi_then(y') - log pi_now(y')| over the response y' stored at the prompt's last visit
+        (spo.policy_drift), and this step's responses stored for next time. --drift-at update (official
+        code, run after `update`): both scores are post-update, so one no-grad pass scores the stored and the
+        current responses. --drift-at sampling (the paper's "last policy that acted on x", run before
+        `update`): then = that visit's pi_old, now = the policy that sampled this step; the pass scores the
+        stored responses only when pi_old comes from the engine, and otherwise also this step's, whose
+        scores are pi_old and go to `update` (CODE!=PAPER: the official code measures post-update)."""
         cfg, dist, t0 = self.cfg, self.dist, time.time()
-        if cfg.algo == "spo":
-            B, mine = cfg.batch_size, self.mine
-            p_ids, c_ids = [s.prompt_ids for s in batch.samples], [s.completion_ids for s in batch.samples]
-            prev = [self.stored.get(batch.keys[j]) for j in mine]
-            seen = [i for i, p in enumerate(prev) if p is not None]
-            with torch.no_grad():                       # one pass: stored responses + this step's
-                both_p = [prev[i][0] for i in seen] + p_ids
-                both_c = [prev[i][1] for i in seen] + c_ids
-                now, nmask = sequence_logprobs(self.model, both_p, both_c, self.tok.pad_token_id, cfg.temperature,
-                                               cfg.micro_batch_size)
-            m["time/drift"] = time.time() - t0
-            t0 = time.time()
-            local_d = np.zeros(len(mine))
-            if seen:
-                then = torch.zeros(len(seen), now.shape[1], device=now.device)
-                for k, i in enumerate(seen):
-                    then[k, :len(prev[i][2])] = torch.tensor(prev[i][2])
-                local_d[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).cpu().numpy()
-            new = [(p_ids[i], c_ids[i], now[len(seen) + i, :len(c_ids[i])].tolist()) for i in range(len(mine))]
-            for j, entry in zip(range(B), dist.rows(new, B)):  # store for the next visit, on every rank
-                self.stored[batch.keys[j]] = entry
-            drift = np.array(dist.rows(local_d.tolist(), B))
-            first = np.array(dist.rows([p is None for p in prev], B))
+        if cfg.algo != "spo":
+            return
+        B, mine = cfg.batch_size, self.mine
+        p_ids, c_ids = [s.prompt_ids for s in batch.samples], [s.completion_ids for s in batch.samples]
+        prev = [self.stored.get(batch.keys[j]) for j in mine]
+        seen = [i for i, p in enumerate(prev) if p is not None]
+        engine_old = cfg.drift_at == "sampling" and cfg.old_logprobs == "engine"   # this step's pi_old is known
+        rows_p = [prev[i][0] for i in seen] + ([] if engine_old else p_ids)
+        rows_c = [prev[i][1] for i in seen] + ([] if engine_old else c_ids)
+        if rows_p:
+            with torch.no_grad():
+                now, nmask = sequence_logprobs(self.model, rows_p, rows_c, self.tok.pad_token_id, cfg.temperature,
+                                               cfg.micro_batch_size)                         # [n, T] each
+        local_d = np.zeros(len(mine))
+        if seen:
+            then = torch.zeros(len(seen), now.shape[1], device=now.device)
+            for k, i in enumerate(seen):
+                then[k, :len(prev[i][2])] = torch.tensor(prev[i][2])
+                if len(prev[i]) > 3 and prev[i][3] is not None:   # engine scores: sampled tokens only (no tool output)
+                    nmask[k, :len(prev[i][3])] *= torch.tensor(prev[i][3], dtype=nmask.dtype, device=nmask.device)
+            local_d[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).cpu().numpy()
+        if engine_old:                       # stored with the engine's sampling log-probs (and which tokens it sampled)
+            new = [(s.prompt_ids, s.completion_ids, list(s.logprobs), s.mask) for s in batch.samples]
+        else:
+            new = [(p_ids[i], c_ids[i], now[len(seen) + i, :len(c_ids[i])].tolist(), None) for i in range(len(mine))]
+            if cfg.drift_at == "sampling":   # the pre-update scores of this step's responses are pi_old: reused
+                batch.old_logp = now[len(seen):, :max(max(len(c) for c in c_ids), 1)]
+        for j, entry in zip(range(B), dist.rows(new, B)):    # store for the next visit, on every rank
+            self.stored[batch.keys[j]] = entry
+        batch.drift = np.array(dist.rows(local_d.tolist(), B))
+        batch.first = np.array(dist.rows([p is None for p in prev], B))
+        m["time/drift"] = time.time() - t0
+
+    # ---- 5. the tracker (Eq. 5): rho from the drift, then alpha, beta
+    def track(self, batch: Batch, m: dict) -> None:
+        t0 = time.time()
+        if self.cfg.algo == "spo":
+            drift, first = batch.drift, batch.first
             rho = self.tracker.update(batch.keys, batch.rewards, drift)
             m.update({"spo/rho_mean": float(rho.mean()), "spo/rho_min": float(rho.min()),
                       "spo/rho_max": float(rho.max()),

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +129,40 @@ def test_sigterm_saves_and_resume_works(tmp_path):
     steps = [m["step"] for m in _metrics(run) if "reward" in m]
     assert steps == list(range(1, st["step"] + 2))           # no step logged twice, none missing
     assert json.load(open(os.path.join(run, "config.json")))["batch_size"] == TINY["batch_size"]
+
+
+@pytest.mark.parametrize("drift_at,old_logprobs", [("sampling", "engine"), ("sampling", "trainer"), ("update", "engine")])
+def test_drift_is_measured_where_the_flag_says(tmp_path, drift_at, old_logprobs):
+    """D at a revisit, recomputed by hand from the checkpoints: --drift-at sampling scores the stored response
+    with the adapter that sampled this step (the one saved after step 1) against the engine's sampling
+    log-probs stored at step 1; --drift-at update scores it with the adapter after this step's update (the
+    final one) against its post-update score stored at step 1. Every prompt is in every batch (n_train = B).
+    With --old-logprobs trainer the stored scores are the trainer's pi_old, from the drift pass (reused by
+    the update)."""
+    from peft import PeftModel
+    from rollout import load_policy, sequence_logprobs
+    from spo import policy_drift
+    run = str(tmp_path / "run")
+    cfg = dict(TINY, n_train=4, drift_at=drift_at, old_logprobs=old_logprobs, save_every=1, output_dir=run)
+    T.train(T.Config(steps=1, **cfg))
+    after1 = str(tmp_path / "after1")
+    shutil.copytree(os.path.join(run, "ckpt"), after1)            # the state and adapter after step 1
+    T.train(T.Config(steps=2, resume=run, **cfg))
+    st1 = torch.load(os.path.join(after1, "state.pt"), weights_only=False)
+    final = torch.load(os.path.join(run, "ckpt", "state.pt"), weights_only=False)
+    step2 = final["history"][1]
+    assert step2["spo/first_visit_share"] == 0.0
+    entries = list(st1["stored"].values())                         # (prompt ids, response ids, scores then, mask)
+    base, tok, _ = load_policy(lora=None)
+    scorer = PeftModel.from_pretrained(base, after1 + "/adapter" if drift_at == "sampling" else run + "/adapter")
+    with torch.no_grad():
+        now, mask = sequence_logprobs(scorer, [e[0] for e in entries], [e[1] for e in entries], tok.pad_token_id)
+    then = torch.zeros_like(now)
+    for k, e in enumerate(entries):
+        then[k, :len(e[2])] = torch.tensor(e[2])
+    want = policy_drift(then, now, mask).mean().item()
+    assert want > 1e-3                                             # the policy moved: D is not trivially 0
+    assert step2["spo/drift_mean"] == pytest.approx(want, rel=1e-3, abs=1e-5)
 
 
 def test_paper_profile_fills_only_what_the_command_line_left_open():

@@ -74,12 +74,13 @@ class Config:
     """tracker forgetting factor upper bound, window 1 / (1 - rho_max) (the paper: 0.96, window 25)"""
     d_half: float = 0.06
     """drift half-life D_half of the forgetting factor (official code's constant)"""
-    drift_at: str = "update"
+    drift_at: str = "sampling"
     """where the drift D (rho's input) is measured on a prompt's stored previous response: 'update' (the
     official code: after this step's update, against its score after the update at the last visit; two
     no-grad passes' worth of rows) or 'sampling' (the paper's words, "the last policy that acted on x":
     the policy sampling now against the one that sampled then, i.e. pi_old now vs pi_old stored; one pass
-    over the stored responses only, and none over this step's, whose pi_old is already known)"""
+    over the stored responses only, and none over this step's, whose pi_old is already known; with
+    --old-logprobs engine the stored scores are the engine's, so its gap to the trainer, sync/mean, adds to D)"""
     sampling_epsilon: float = 0.05
     """exploration floor of the prompt weights (Eq. 11)"""
     uniform_sampling: bool = False

@@ -139,7 +139,9 @@ class Trainer:
     """The run's state in one place (policy, engine, tracker, sampler, optimizer, stored responses,
     history) and one training step as named phases, read top to bottom in `step`:
 
-        draw -> collect -> advantages -> update -> track -> sync_engine -> summarise
+        draw -> collect -> advantages -> (drift) -> update -> (drift) -> track -> sync_engine -> summarise
+
+    `drift` runs before `update` or after it, as --drift-at says (the policies D compares).
 
     A new collector replaces `collect`, a new estimator `advantages`; the other phases stay as they are.
     """

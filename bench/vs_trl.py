@@ -124,7 +124,7 @@ def report(rows: list, steps: int) -> str:
     get = {(r["arm"], r["seed"]): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
     out = [f"\n{steps} steps x 16 responses, held-out 32 problems (avg@4 at T = 1 | greedy), per seed\n",
-           "| arm | start avg@4 / greedy | end avg@4 per seed | end greedy per seed | median end avg@4 / greedy "
+           "| arm | median start avg@4 / greedy | end avg@4 per seed | end greedy per seed | median end avg@4 / greedy "
            "| s/step |", "|---|---|---|---|---|---|"]
     for arm in ARMS:
         rs = [get[arm, s] for s in seeds if (arm, s) in get]

@@ -181,7 +181,9 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.tracker.load_state_dict(state["tracker"])
         self.sampler.load_state_dict(state["sampler"])
-        self.stored, self.history, self.start = state["stored"], state["history"], state["step"]
+        self.history, self.start = state["history"], state["step"]
+        # stored: key -> (prompt ids, response ids, scores, sampled-token mask or None); older checkpoints have no mask
+        self.stored = {k: (*v, None)[:4] for k, v in state["stored"].items()}
         self.opt_steps = state.get("opt_steps", 0)
         if self.collector and "collector" in state:
             lost = self.collector.load_state_dict(state["collector"])
@@ -425,7 +427,7 @@ class Trainer:
             then = torch.zeros(len(seen), now.shape[1], device=now.device)
             for k, i in enumerate(seen):
                 then[k, :len(prev[i][2])] = torch.tensor(prev[i][2])
-                if len(prev[i]) > 3 and prev[i][3] is not None:   # engine scores: sampled tokens only (no tool output)
+                if prev[i][3] is not None:   # engine scores: sampled tokens only (no tool output)
                     nmask[k, :len(prev[i][3])] *= torch.tensor(prev[i][3], dtype=nmask.dtype, device=nmask.device)
             local_d[seen] = policy_drift(then, now[:len(seen)], nmask[:len(seen)]).cpu().numpy()
         if engine_old:                       # stored with the engine's sampling log-probs (and which tokens it sampled)

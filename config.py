@@ -84,7 +84,7 @@ class Config:
     sampling_epsilon: float = 0.05
     """exploration floor of the prompt weights (Eq. 11)"""
     uniform_sampling: bool = False
-    """ablation: draw SPO prompts uniformly instead of by Eq. 11"""
+    """ablation: draw SPO prompts as GRPO does (shuffled epochs, each prompt once per pass) instead of by Eq. 11"""
     no_baseline: bool = False
     """ablation: A = r (v_hat = 0), still batch-normalised"""
     # --- Segment Policy Optimization (--algo segment; Guo et al. 2025, segment.py)

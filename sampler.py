@@ -33,10 +33,11 @@ def priority_weights(values, epsilon: float = 0.05) -> np.ndarray:
 
 
 class PrioritizedSampler:
-    """Draws batches of prompt indices, weighted (SPO) or uniform (GRPO), from a seeded RNG."""
+    """Draws batches of prompt indices, weighted (SPO) or epoch-shuffled (GRPO), from a seeded RNG."""
 
     def __init__(self, seed: int = 0):
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.queue, self.n = [], 0          # shuffled(): the rest of the current epoch, and its pool size
 
     def sample(self, weights, batch_size: int) -> np.ndarray:
         """`batch_size` distinct indices into `weights`, drawn without replacement, probability ∝ w.
@@ -55,10 +56,24 @@ class PrioritizedSampler:
         top = np.argpartition(keys, batch_size - 1)[:batch_size] if batch_size < w.size else np.arange(w.size)
         return top[np.argsort(keys[top], kind="stable")]         # [B] in draw order
 
-    def uniform(self, n: int, batch_size: int) -> np.ndarray:
-        """`batch_size` distinct indices from range(n), uniformly (GRPO's shuffled dataloader)."""
-        self._check_size(n, batch_size)
-        return self.rng.choice(n, size=batch_size, replace=False)
+    def shuffled(self, n: int, batch_size: int, exclude=()) -> np.ndarray:
+        """`batch_size` distinct indices from range(n) as a shuffled dataloader draws them (GRPO; TRL's
+        RepeatSampler, verl): each epoch is a fresh permutation of the pool taken in order, so every prompt
+        is drawn once before any is drawn twice. Indices in `exclude` (in flight, continuous collection)
+        are passed over and stay at the front of the queue; so does an index the batch already holds when
+        a batch straddles two epochs. A new pool size starts a new epoch."""
+        excl = {int(i) for i in exclude if 0 <= int(i) < n}
+        self._check_size(n - len(excl), batch_size)
+        if n != self.n:
+            self.queue, self.n = [], n
+        picked, kept, i = [], [], 0
+        while len(picked) < batch_size:
+            if i == len(self.queue):
+                self.queue += self.rng.permutation(n).tolist()          # the next epoch
+            j, i = self.queue[i], i + 1
+            (kept if j in excl or j in picked else picked).append(j)
+        self.queue = kept + self.queue[i:]
+        return np.array(picked)
 
     @staticmethod
     def _check_size(n: int, batch_size: int) -> None:
@@ -67,8 +82,11 @@ class PrioritizedSampler:
                              "lower the batch size or add prompts")
 
     def state_dict(self) -> dict:
-        """The RNG state (plain dict of ints): a restored sampler draws the same batches."""
-        return self.rng.bit_generator.state
+        """RNG state and epoch queue (plain JSON-able dict): a restored sampler draws the same batches."""
+        return {"rng": self.rng.bit_generator.state, "queue": list(self.queue), "n": self.n}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
+        if "bit_generator" in state:        # written before the epoch queue existed: the RNG alone
+            state = {"rng": state, "queue": [], "n": 0}
+        self.rng.bit_generator.state = state["rng"]
+        self.queue, self.n = [int(i) for i in state["queue"]], int(state["n"])

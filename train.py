@@ -220,13 +220,13 @@ class Trainer:
         return Batch(tasks, [t.prompt for t in tasks])
 
     def choose(self, n: int, busy: set = frozenset()) -> np.ndarray:
-        """n distinct prompt indices, none in `busy` (in flight): Eq. 11 weights (SPO) or uniform."""
+        """n distinct prompt indices, none in `busy` (in flight): Eq. 11 weights (SPO) or a shuffled epoch."""
         free = np.array([i for i in range(len(self.keys)) if i not in busy])
         n = min(n, len(free))
         if self.cfg.algo == "spo" and not self.cfg.uniform_sampling:
             v = self.tracker.value([self.keys[i] for i in free])             # [M_free] v_hat
             return free[self.sampler.sample(priority_weights(v, self.cfg.sampling_epsilon), n)]
-        return free[self.sampler.uniform(len(free), n)]                      # GRPO, --uniform-sampling, segment
+        return self.sampler.shuffled(len(self.keys), n, exclude=busy)       # GRPO, --uniform-sampling, segment
 
     def curriculum(self, idx, m: dict) -> None:
         """The curriculum at work (SPO): share of uncertain prompts (0.2 < v_hat < 0.8), batch vs pool."""

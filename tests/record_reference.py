@@ -1,10 +1,12 @@
 """Record what a short seeded CPU run produces, so a refactor of train.py can be checked to change nothing.
 
     python tests/record_reference.py        # rewrites tests/fixtures/reference_runs.json
+    python tests/record_reference.py grpo   # re-records that run only, keeps the others
 
 Run it on the code whose behaviour is the reference (it was recorded before the loop was split into
 phases), then keep the file: tests/test_train.py::test_loop_matches_recorded_reference replays each
-run and compares metrics, tracker, sampler and adapter.
+run and compares metrics, tracker, sampler and adapter. "grpo" was re-recorded when GRPO's prompt draw
+became shuffled epochs (a deliberate change of behaviour); "spo" is the original recording.
 """
 import hashlib
 import json
@@ -51,11 +53,18 @@ def run(name: str, out: str, **extra) -> dict:
 
 if __name__ == "__main__":
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    ref = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in RUNS:
-            ref[name] = {"config": RUNS[name], **run(name, os.path.join(tmp, name))}
     path = os.path.join(ROOT, "tests", "fixtures", "reference_runs.json")
+    names = sys.argv[1:] or list(RUNS)
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown:
+        sys.exit(f"error: unknown run(s) {unknown}; choose from {list(RUNS)}")
+    ref = {}
+    if sys.argv[1:]:
+        with open(path) as f:
+            ref = json.load(f)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:          # with LEGACY, as the test replays it
+            ref[name] = {"config": RUNS[name], **run(name, os.path.join(tmp, name), **LEGACY)}
     with open(path, "w") as f:
         json.dump(ref, f, indent=1)
     print(f"wrote {path}")

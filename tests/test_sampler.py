@@ -56,26 +56,45 @@ def test_no_duplicates_and_whole_pool():
         idx = s.sample(w, 100)
         assert len(set(idx.tolist())) == 100 and idx.min() >= 0 and idx.max() < 120
     assert sorted(s.sample(w, 120).tolist()) == list(range(120))
-    u = s.uniform(50, 50)
+    u = s.shuffled(50, 50)
     assert sorted(u.tolist()) == list(range(50))
 
 
-def test_uniform_is_uniform():
+def test_shuffled_draws_every_prompt_once_per_epoch():
     s = PrioritizedSampler(seed=3)
-    counts = np.bincount(np.concatenate([s.uniform(10, 3) for _ in range(20_000)]), minlength=10)
-    expected = 20_000 * 3 / 10
-    assert ((counts - expected) ** 2 / expected).sum() < 27.88   # chi-square 9 dof, 0.1 %
+    batches = [s.shuffled(12, 4).tolist() for _ in range(30)]        # 3 batches per epoch, 10 epochs
+    for e in range(10):
+        assert sorted(sum(batches[3 * e:3 * e + 3], [])) == list(range(12))
+    assert batches[:3] != batches[3:6]                               # a fresh permutation each epoch
+    counts = np.zeros(10, int)                                       # batches straddling epochs (10 / 3)
+    for _ in range(200):
+        b = s.shuffled(10, 3)
+        assert len(set(b.tolist())) == 3
+        counts[b] += 1
+        assert counts.max() - counts.min() <= 1                      # never a prompt twice ahead of another
+
+
+def test_shuffled_passes_over_excluded_and_keeps_them_first():
+    s = PrioritizedSampler(seed=5)
+    first = s.shuffled(8, 2)                                         # the epoch's order starts with these
+    epoch = first.tolist() + s.queue[:6]
+    b = s.shuffled(8, 3, exclude={epoch[2]})
+    assert b.tolist() == epoch[3:6]                                  # excluded one passed over...
+    assert s.shuffled(8, 1).tolist() == [epoch[2]]                   # ...and drawn first once free
+    with pytest.raises(ValueError, match="batch_size=3.*2 prompts"):
+        s.shuffled(4, 3, exclude=[0, 1])
 
 
 def test_state_round_trip_draws_the_same_batches():
     s = PrioritizedSampler(seed=4)
     w = np.linspace(0.05, 0.55, 40)
     s.sample(w, 8)
+    s.shuffled(40, 5)                                            # mid-epoch: the queue is state too
     state = json.loads(json.dumps(s.state_dict()))               # JSON-able
-    ahead = [s.sample(w, 8).tolist() for _ in range(3)] + [s.uniform(40, 5).tolist()]
+    ahead = [s.sample(w, 8).tolist() for _ in range(3)] + [s.shuffled(40, 5).tolist() for _ in range(9)]
     r = PrioritizedSampler(seed=999)
     r.load_state_dict(state)
-    assert [r.sample(w, 8).tolist() for _ in range(3)] + [r.uniform(40, 5).tolist()] == ahead
+    assert [r.sample(w, 8).tolist() for _ in range(3)] + [r.shuffled(40, 5).tolist() for _ in range(9)] == ahead
     assert PrioritizedSampler(seed=4).sample(w, 8).tolist() != PrioritizedSampler(seed=5).sample(w, 8).tolist()
 
 
@@ -86,7 +105,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="batch_size=0"):
         s.sample([1, 1], 0)
     with pytest.raises(ValueError, match="batch_size=3.*2 prompts"):
-        s.uniform(2, 3)
+        s.shuffled(2, 3)
     for bad, msg in [([1, 0, 1], "index 1 is 0.0"), ([1, -1], "index 1 is -1.0"),
                      ([float("nan"), 1], "index 0 is nan"), ([1, float("inf")], "index 1 is inf")]:
         with pytest.raises(ValueError, match=msg):

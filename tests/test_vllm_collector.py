@@ -5,7 +5,6 @@ After test_vllm.py in the run order, for the same reason: vLLM binds the process
 import importlib.util
 import math
 
-import numpy as np
 import pytest
 
 import train as T
@@ -33,13 +32,12 @@ def _pool(tok, n=12):
 
 
 def _draw(seed=0):
-    """Uniform draws among free prompts, recording that none was busy."""
+    """Shuffled-epoch draws among free prompts, recording that none was busy."""
     from sampler import PrioritizedSampler
     s, calls = PrioritizedSampler(seed), []
 
     def draw(k, busy, n=12):
-        free = np.array([i for i in range(n) if i not in busy])
-        out = free[s.uniform(len(free), min(k, len(free)))]
+        out = s.shuffled(n, min(k, n - len(busy)), exclude=busy)
         calls.append((set(busy), out.tolist()))
         return out
     return draw, calls

@@ -495,7 +495,7 @@ class Trainer:
         })
         if cfg.tools != "none":
             m.update(tool_metrics(batch.samples))      # this rank's responses
-        for name in ("clip_frac_low", "clip_frac_high", "approx_kl", "ratio_mean"):
+        for name in ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "approx_kl", "ratio_mean"):
             vals = [s[name] for s in self.stats if name in s]
             if vals:
                 m[f"loss/{name}"] = float(np.mean(vals))

@@ -103,12 +103,12 @@ def run(regime: dict, arm: str, seed: int) -> dict:
         # ---- sample prompts -> responses -> rewards -> advantages
         if arm.startswith("SPO"):
             v_all = tracker.value(keys)                                                       # [P] v_hat_{-1}
-            idx = sampler.uniform(P, B) if "prioritised" in arm else \
+            idx = sampler.shuffled(P, B) if "prioritised" in arm else \
                 sampler.sample(priority_weights(v_all), B)                                    # Eq. 11
             v_prev = np.zeros(B) if "baseline" in arm else v_all[idx]
         else:
             G = int(arm.split("x")[1])
-            idx = np.repeat(sampler.uniform(P, B // G), G)                                    # [B] groups contiguous
+            idx = np.repeat(sampler.shuffled(P, B // G), G)                                    # [B] groups contiguous
         with torch.no_grad():
             y = torch.rand(B, generator=torch.Generator().manual_seed(seed * 100_003 + step), dtype=torch.float64) \
                 < torch.sigmoid(pol.logits(idx))                                              # [B] one response each

@@ -54,8 +54,8 @@ def test_spo_run_end_to_end(tmp_path):
     rows = [m for m in _metrics(run) if "reward" in m]
     assert [m["step"] for m in rows] == [1, 2]
     for key in ("reward", "adv/raw_var", "adv/near_zero_0.02", "adv/near_zero_1e-4", "tracker/brier",
-                "spo/rho_mean", "spo/drift_mean", "spo/n_eff_mean", "loss/clip_frac_high", "loss/approx_kl",
-                "response_length", "truncation_rate", "tokens_per_s", "time/generate", "time/train"):
+                "spo/rho_mean", "spo/drift_mean", "spo/n_eff_mean", "loss/clip_frac_high", "loss/clip_frac_dual",
+                "loss/approx_kl", "response_length", "truncation_rate", "tokens_per_s", "time/generate", "time/train"):
         assert all(math.isfinite(m[key]) for m in rows), key
     assert all(0.5 <= m["spo/rho_min"] <= m["spo/rho_max"] <= 0.8 for m in rows)       # the CPU profile's clamp
     assert all(m["sync/mean"] < SYNC_TOLERANCE / 100 for m in rows)     # engine log-probs as pi_old, checked

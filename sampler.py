@@ -71,7 +71,11 @@ class PrioritizedSampler:
             if i == len(self.queue):
                 self.queue += self.rng.permutation(n).tolist()          # the next epoch
             j, i = self.queue[i], i + 1
-            (kept if j in excl or j in picked else picked).append(j)
+            if j in excl:
+                kept.append(j)
+            else:
+                excl.add(j)                                             # in this batch now: a later copy waits
+                picked.append(j)
         self.queue = kept + self.queue[i:]
         return np.array(picked)
 

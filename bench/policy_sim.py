@@ -108,7 +108,7 @@ def run(regime: dict, arm: str, seed: int) -> dict:
             v_prev = np.zeros(B) if "baseline" in arm else v_all[idx]
         else:
             G = int(arm.split("x")[1])
-            idx = np.repeat(sampler.shuffled(P, B // G), G)                                    # [B] groups contiguous
+            idx = np.repeat(sampler.shuffled(P, B // G), G)                                   # [B] groups contiguous
         with torch.no_grad():
             y = torch.rand(B, generator=torch.Generator().manual_seed(seed * 100_003 + step), dtype=torch.float64) \
                 < torch.sigmoid(pol.logits(idx))                                              # [B] one response each

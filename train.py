@@ -221,11 +221,11 @@ class Trainer:
 
     def choose(self, n: int, busy: set = frozenset()) -> np.ndarray:
         """n distinct prompt indices, none in `busy` (in flight): Eq. 11 weights (SPO) or a shuffled epoch."""
-        free = np.array([i for i in range(len(self.keys)) if i not in busy])
-        n = min(n, len(free))
         if self.cfg.algo == "spo" and not self.cfg.uniform_sampling:
+            free = np.array([i for i in range(len(self.keys)) if i not in busy])
             v = self.tracker.value([self.keys[i] for i in free])             # [M_free] v_hat
-            return free[self.sampler.sample(priority_weights(v, self.cfg.sampling_epsilon), n)]
+            return free[self.sampler.sample(priority_weights(v, self.cfg.sampling_epsilon), min(n, len(free)))]
+        n = min(n, len(self.keys) - len(busy))                              # busy: in-flight indices of the pool
         return self.sampler.shuffled(len(self.keys), n, exclude=busy)       # GRPO, --uniform-sampling, segment
 
     def curriculum(self, idx, m: dict) -> None:

@@ -103,9 +103,9 @@ def run(regime: dict, arm: str, seed: int) -> dict:
         # ---- sample prompts -> responses -> rewards -> advantages
         if arm.startswith("SPO"):
             v_all = tracker.value(keys)                                                       # [P] v_hat_{-1}
-            idx = sampler.shuffled(P, B) if "prioritised" in arm else \
+            idx = sampler.shuffled(P, B) if "w/o prioritised" in arm else \
                 sampler.sample(priority_weights(v_all), B)                                    # Eq. 11
-            v_prev = np.zeros(B) if "baseline" in arm else v_all[idx]
+            v_prev = np.zeros(B) if "w/o baseline" in arm else v_all[idx]
         else:
             G = int(arm.split("x")[1])
             idx = np.repeat(sampler.shuffled(P, B // G), G)                                   # [B] groups contiguous

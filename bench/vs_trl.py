@@ -27,14 +27,16 @@ from child import emit, run_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-ARMS = ["TRL GRPO 4x4", "our GRPO 4x4", "our SPO (default)"]
+ARMS = ["TRL GRPO 4x4", "our GRPO 4x4", "our SPO (default)", "our SPO (uniform)"]
+DEFAULT_ARMS = ARMS[:3]                      # "our SPO (uniform)": --uniform-sampling, run it with --arms
 
 
 def ours(arm: str, seed: int, a, out: str) -> dict:
     import train as T
-    extra = dict(algo="grpo", group_size=4) if "GRPO" in arm else {}
+    extra = (dict(algo="grpo", group_size=4) if "GRPO" in arm else
+             dict(uniform_sampling=True) if "uniform" in arm else {})
     cfg = T.Config(seed=seed, steps=a.steps, eval_every=0, n_eval=a.n_eval, save_every=0, overwrite=True,
-                   output_dir=os.path.join(out, f"{arm.split()[1]}-s{seed}"), **extra)
+                   output_dir=os.path.join(out, f"{arm.split()[1]}{'-uniform' * ('uniform' in arm)}-s{seed}"), **extra)
     t = time.time()
     res = T.train(cfg)
     step_s = [m["time/step"] for m in res["history"]]
@@ -93,6 +95,9 @@ def main():
     p.add_argument("--arm", default=None, help=argparse.SUPPRESS)       # child process: one arm, one seed
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
+    for arm in a.arms or []:
+        if arm not in ARMS:
+            p.error(f"--arms {arm!r}: not an arm; choose from " + " | ".join(repr(x) for x in ARMS))
     import train as T
     a.steps = a.steps or T.Config().steps
     runs_dir = "/tmp/spo-vs-trl"
@@ -105,7 +110,7 @@ def main():
     if a.first_seed == 0 and not a.arms and os.path.exists(log):
         os.remove(log)                       # a fresh record; --first-seed N adds to it
     for seed in range(a.first_seed, a.first_seed + a.seeds):
-        for arm in a.arms or ARMS:
+        for arm in a.arms or DEFAULT_ARMS:
             row = {"arm": arm, "seed": seed, "steps": a.steps,
                    **run_child(__file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--n-eval", a.n_eval)}
             with open(log, "a") as f:
@@ -135,13 +140,13 @@ def report(rows: list, steps: int) -> str:
                    f"{statistics.median(r['start']['eval/greedy'] for r in rs):.3f} | {' '.join(f'{x:.2f}' for x in ea)} "
                    f"| {' '.join(f'{x:.2f}' for x in eg)} | **{statistics.median(ea):.3f} / {statistics.median(eg):.3f}** "
                    f"| {statistics.median(r['s_per_step'] for r in rs):.1f} |")
-    for other in ARMS[:2]:
+    for spo, other in [(s, o) for s in ARMS[2:] for o in ARMS[:2]]:
         for key in ("eval/avg@4", "eval/greedy"):
-            d = [get[ARMS[2], s]["end"][key] - get[other, s]["end"][key] for s in seeds
-                 if (ARMS[2], s) in get and (other, s) in get]
+            d = [get[spo, s]["end"][key] - get[other, s]["end"][key] for s in seeds
+                 if (spo, s) in get and (other, s) in get]
             if d:
                 se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
-                out.append(f"\nSPO - {other}, {key}, paired by seed: {statistics.mean(d):+.3f} +/- {se:.3f} (s.e., "
+                out.append(f"\n{spo} - {other}, {key}, paired by seed: {statistics.mean(d):+.3f} +/- {se:.3f} (s.e., "
                            f"{len(d)} seeds; SPO ahead in {sum(x > 0 for x in d)}, tied in {sum(x == 0 for x in d)})")
     return "\n".join(out) + "\n"
 

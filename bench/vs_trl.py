@@ -13,7 +13,8 @@ evaluated by one function, data.evaluate: held-out avg@k at T = 1 and greedy acc
 
 Prints, per seed and arm, held-out (sampled and greedy) at the start and the end and seconds per step
 (the training loop only: SPO's offline init and all evaluations excluded, reported separately), then
-medians and the paired differences SPO - TRL and SPO - our GRPO. Run it alone: two torch processes slow
+medians and the paired differences SPO - TRL and SPO - our GRPO. A fourth arm, SPO with
+--uniform-sampling (the ablation of Eq. 11), runs when named: --arms "our SPO (uniform)". Run it alone: two torch processes slow
 each other ~10x.
 """
 import argparse
@@ -140,7 +141,7 @@ def report(rows: list, steps: int) -> str:
                    f"{statistics.median(r['start']['eval/greedy'] for r in rs):.3f} | {' '.join(f'{x:.2f}' for x in ea)} "
                    f"| {' '.join(f'{x:.2f}' for x in eg)} | **{statistics.median(ea):.3f} / {statistics.median(eg):.3f}** "
                    f"| {statistics.median(r['s_per_step'] for r in rs):.1f} |")
-    for spo, other in [(s, o) for s in ARMS[2:] for o in ARMS[:2]]:
+    for spo, other in [(x, y) for x in ARMS[2:] for y in ARMS[:2]]:      # each SPO arm against each peer
         for key in ("eval/avg@4", "eval/greedy"):
             d = [get[spo, s]["end"][key] - get[other, s]["end"][key] for s in seeds
                  if (spo, s) in get and (other, s) in get]

@@ -14,8 +14,8 @@ evaluated by one function, data.evaluate: held-out avg@k at T = 1 and greedy acc
 Prints, per seed and arm, held-out (sampled and greedy) at the start and the end and seconds per step
 (the training loop only: SPO's offline init and all evaluations excluded, reported separately), then
 medians and the paired differences SPO - TRL and SPO - our GRPO. A fourth arm, SPO with
---uniform-sampling (the ablation of Eq. 11), runs when named: --arms "our SPO (uniform)". Run it alone: two torch processes slow
-each other ~10x.
+--uniform-sampling (the ablation of Eq. 11), runs when named: --arms "our SPO (uniform)". Run it alone:
+two torch processes slow each other ~10x.
 """
 import argparse
 import json
@@ -28,16 +28,20 @@ from child import emit, run_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-ARMS = ["TRL GRPO 4x4", "our GRPO 4x4", "our SPO (default)", "our SPO (uniform)"]
-DEFAULT_ARMS = ARMS[:3]                      # "our SPO (uniform)": --uniform-sampling, run it with --arms
+OURS = {                                     # our arms: run folder name, Config fields beside the defaults
+    "our GRPO 4x4": ("GRPO", dict(algo="grpo", group_size=4)),
+    "our SPO (default)": ("SPO", {}),
+    "our SPO (uniform)": ("SPO-uniform", dict(uniform_sampling=True)),
+}
+ARMS = ["TRL GRPO 4x4", *OURS]
+DEFAULT_ARMS = ARMS[:3]                      # "our SPO (uniform)" runs only when named with --arms
 
 
 def ours(arm: str, seed: int, a, out: str) -> dict:
     import train as T
-    extra = (dict(algo="grpo", group_size=4) if "GRPO" in arm else
-             dict(uniform_sampling=True) if "uniform" in arm else {})
+    name, extra = OURS[arm]
     cfg = T.Config(seed=seed, steps=a.steps, eval_every=0, n_eval=a.n_eval, save_every=0, overwrite=True,
-                   output_dir=os.path.join(out, f"{arm.split()[1]}{'-uniform' * ('uniform' in arm)}-s{seed}"), **extra)
+                   output_dir=os.path.join(out, f"{name}-s{seed}"), **extra)
     t = time.time()
     res = T.train(cfg)
     step_s = [m["time/step"] for m in res["history"]]

@@ -13,9 +13,10 @@ evaluated by one function, data.evaluate: held-out avg@k at T = 1 and greedy acc
 
 Prints, per seed and arm, held-out (sampled and greedy) at the start and the end and seconds per step
 (the training loop only: SPO's offline init and all evaluations excluded, reported separately), then
-medians and the paired differences SPO - TRL and SPO - our GRPO. A fourth arm, SPO with
---uniform-sampling (the ablation of Eq. 11), runs when named: --arms "our SPO (uniform)". Run it alone:
-two torch processes slow each other ~10x.
+medians and the paired differences SPO - TRL and SPO - our GRPO. Two more SPO arms run when named with
+--arms: "our SPO (uniform)" (--uniform-sampling, the ablation of Eq. 11) and "our SPO (paper window)" (the
+paper's tracker window rho in [0.875, 0.96] instead of the CPU profile's [0.5, 0.8]). Run it alone: two
+torch processes slow each other ~10x.
 """
 import argparse
 import json
@@ -32,9 +33,10 @@ OURS = {                                     # our arms: run folder name, Config
     "our GRPO 4x4": ("GRPO", dict(algo="grpo", group_size=4)),
     "our SPO (default)": ("SPO", {}),
     "our SPO (uniform)": ("SPO-uniform", dict(uniform_sampling=True)),
+    "our SPO (paper window)": ("SPO-paper-window", dict(rho_min=0.875, rho_max=0.96)),
 }
 ARMS = ["TRL GRPO 4x4", *OURS]
-DEFAULT_ARMS = ARMS[:3]                      # "our SPO (uniform)" runs only when named with --arms
+DEFAULT_ARMS = ARMS[:3]                      # the ablation arms run only when named with --arms
 
 
 def ours(arm: str, seed: int, a, out: str) -> dict:
@@ -145,7 +147,9 @@ def report(rows: list, steps: int) -> str:
                    f"{statistics.median(r['start']['eval/greedy'] for r in rs):.3f} | {' '.join(f'{x:.2f}' for x in ea)} "
                    f"| {' '.join(f'{x:.2f}' for x in eg)} | **{statistics.median(ea):.3f} / {statistics.median(eg):.3f}** "
                    f"| {statistics.median(r['s_per_step'] for r in rs):.1f} |")
-    for spo, other in [(x, y) for x in ARMS[2:] for y in ARMS[:2]]:      # each SPO arm against each peer
+    pairs = [(x, y) for x in ARMS[2:] for y in ARMS[:2]]                 # each SPO arm against each peer,
+    pairs += [(x, "our SPO (default)") for x in ARMS[3:]]                # each ablation against the default
+    for spo, other in pairs:
         for key in ("eval/avg@4", "eval/greedy"):
             d = [get[spo, s]["end"][key] - get[other, s]["end"][key] for s in seeds
                  if (spo, s) in get and (other, s) in get]

@@ -29,14 +29,17 @@ from child import emit, run_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+SHORT_WINDOW = dict(rho_min=0.5, rho_max=0.8)  # the CPU profile's tracker window until 2026-11-23
 OURS = {                                     # our arms: run folder name, Config fields beside the defaults
     "our GRPO 4x4": ("GRPO", dict(algo="grpo", group_size=4)),
     "our SPO (default)": ("SPO", {}),
-    "our SPO (short window)": ("SPO-short-window", dict(rho_min=0.5, rho_max=0.8)),     # the default before
-    "our SPO (uniform, short window)": ("SPO-uniform", dict(uniform_sampling=True, rho_min=0.5, rho_max=0.8)),
+    "our SPO (short window)": ("SPO-short-window", SHORT_WINDOW),
+    "our SPO (uniform, short window)": ("SPO-uniform", dict(uniform_sampling=True, **SHORT_WINDOW)),
 }
 ARMS = ["TRL GRPO 4x4", *OURS]
-DEFAULT_ARMS = ARMS[:3]                      # the ablation arms run only when named with --arms
+PEERS, SPO_DEFAULT = ARMS[:2], "our SPO (default)"
+DEFAULT_ARMS = [*PEERS, SPO_DEFAULT]         # the ablation arms run only when named with --arms
+ABLATIONS = [x for x in OURS if x not in DEFAULT_ARMS]
 
 
 def ours(arm: str, seed: int, a, out: str) -> dict:
@@ -147,8 +150,8 @@ def report(rows: list, steps: int) -> str:
                    f"{statistics.median(r['start']['eval/greedy'] for r in rs):.3f} | {' '.join(f'{x:.2f}' for x in ea)} "
                    f"| {' '.join(f'{x:.2f}' for x in eg)} | **{statistics.median(ea):.3f} / {statistics.median(eg):.3f}** "
                    f"| {statistics.median(r['s_per_step'] for r in rs):.1f} |")
-    pairs = [(x, y) for x in ARMS[2:] for y in ARMS[:2]]                 # each SPO arm against each peer,
-    pairs += [(x, "our SPO (default)") for x in ARMS[3:]]                # each ablation against the default
+    pairs = [(x, y) for x in [SPO_DEFAULT, *ABLATIONS] for y in PEERS]  # each SPO arm against each peer,
+    pairs += [(x, SPO_DEFAULT) for x in ABLATIONS]                       # each ablation against the default
     for spo, other in pairs:
         for key in ("eval/avg@4", "eval/greedy"):
             d = [get[spo, s]["end"][key] - get[other, s]["end"][key] for s in seeds

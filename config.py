@@ -222,7 +222,9 @@ def apply_profile(cfg: Config, argv: list) -> Config:
     """Fill PAPER_PROFILE into the fields the command line did not set, when the profile says so.
 
     With --resume the saved run's config.json is the base instead, so `--resume DIR` alone continues
-    the same run, and flags given beside it (e.g. a larger --steps) override it.
+    the same run, and flags given beside it (e.g. a larger --steps) override it. The run continues in
+    DIR itself, not in the output_dir DIR's config names (a moved or copied run folder must not write
+    into the folder it came from); --output-dir beside --resume continues it into another folder.
     """
     given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
     saved = os.path.join(cfg.resume or "", "config.json")
@@ -230,6 +232,8 @@ def apply_profile(cfg: Config, argv: list) -> Config:
         with open(saved) as f:
             base = json.load(f)
         base = {k: v for k, v in base.items() if k in Config.__dataclass_fields__ and k not in given}
+        if "output_dir" not in given:
+            base["output_dir"] = cfg.resume
         return dataclasses.replace(cfg, **base)
     profile = cfg.profile if cfg.profile != "auto" else ("cpu" if cfg.model == EMBEDDED_MODEL else "paper")
     if profile not in ("cpu", "paper"):
@@ -293,7 +297,8 @@ def validate(cfg: Config) -> None:
     for flag in ("offline_values", "resume", "eval_only", "init_adapter"):
         path = getattr(cfg, flag)
         need(path is None or os.path.exists(path), f"--{flag.replace('_', '-')} {path}: no such file or folder")
-    if not (cfg.resume or cfg.eval_only or cfg.overwrite):
+    continuing = cfg.resume and os.path.realpath(cfg.resume) == os.path.realpath(cfg.output_dir)
+    if not (continuing or cfg.eval_only or cfg.overwrite):
         held = [n for n in ("ckpt", "ckpt.old", "adapter") if os.path.exists(os.path.join(cfg.output_dir, n))]
         need(not held, f"--output-dir {cfg.output_dir} already holds a run ({held[0] if held else ''}/): continue it "
              f"with --resume {cfg.output_dir}, or pass --overwrite to start over")

@@ -177,6 +177,24 @@ def test_paper_profile_fills_only_what_the_command_line_left_open():
         T.apply_profile(T.Config(profile="gpu"), [])
 
 
+def test_resume_continues_in_the_folder_it_names(tmp_path):
+    """A moved or copied run continues where it lies, never in the folder its config.json came from."""
+    origin, copy, other = (str(tmp_path / n) for n in ("origin", "copy", "other"))
+    for d in (origin, copy, other):
+        os.makedirs(os.path.join(d, "ckpt"))
+    with open(os.path.join(copy, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(T.Config(output_dir=origin, steps=5)), f)   # as if copied from origin
+    argv = ["--resume", copy, "--steps", "9"]
+    cfg = T.apply_profile(tyro.cli(T.Config, args=argv), argv)
+    assert (cfg.output_dir, cfg.steps) == (copy, 9)
+    T.validate(cfg)                                              # continuing a run in place needs no --overwrite
+    argv = ["--resume", copy, "--output-dir", other]             # a fork into another folder ...
+    cfg = T.apply_profile(tyro.cli(T.Config, args=argv), argv)
+    assert cfg.output_dir == other
+    with pytest.raises(T.ConfigError, match=f"--output-dir {other} already holds a run"):
+        T.validate(cfg)                                          # ... must not overwrite the run there
+
+
 def test_loop_matches_recorded_reference(tmp_path):
     """The training step, however it is organised, does what the recorded code did: same metrics, tracker,
     sampler state and adapter for a seeded CPU run (tests/record_reference.py wrote the fixture)."""

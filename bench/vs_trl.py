@@ -16,7 +16,10 @@ Prints, per seed and arm, held-out (sampled and greedy) at the start and the end
 medians and the paired differences SPO - TRL and SPO - our GRPO. Two more SPO arms run when named with
 --arms: "our SPO (short window)" (the tracker window rho in [0.5, 0.8], the CPU profile's default until
 it lost to the paper's [0.875, 0.96] over 12 seeds) and "our SPO (uniform, short window)" (the same with
---uniform-sampling, the ablation of Eq. 11). Run it alone: two torch processes slow each other ~10x.
+--uniform-sampling, the ablation of Eq. 11), and "our SPO (pool 64)" (--n-train 64: a pool four times the
+batch, so Eq. 11 can pass over solved prompts; the embedded held-out set follows the pool, so it is another
+32 problems and this arm is reported but paired with none). Run it alone: two torch processes slow each
+other ~10x.
 """
 import argparse
 import json
@@ -35,11 +38,18 @@ OURS = {                                     # our arms: run folder name, Config
     "our SPO (default)": ("SPO", {}),
     "our SPO (short window)": ("SPO-short-window", SHORT_WINDOW),
     "our SPO (uniform, short window)": ("SPO-uniform", dict(uniform_sampling=True, **SHORT_WINDOW)),
+    "our SPO (pool 64)": ("SPO-pool64", dict(n_train=64)),
 }
 ARMS = ["TRL GRPO 4x4", *OURS]
 PEERS, SPO_DEFAULT = ARMS[:2], "our SPO (default)"
 DEFAULT_ARMS = [*PEERS, SPO_DEFAULT]         # the ablation arms run only when named with --arms
 ABLATIONS = [x for x in OURS if x not in DEFAULT_ARMS]
+
+
+def pool(arm: str) -> int:
+    """The arm's --n-train: the embedded held-out set follows the pool, so only arms with one pool pair."""
+    import train as T
+    return OURS.get(arm, ("", {}))[1].get("n_train", T.Config().n_train)
 
 
 def ours(arm: str, seed: int, a, out: str) -> dict:
@@ -150,8 +160,8 @@ def report(rows: list, steps: int) -> str:
                    f"{statistics.median(r['start']['eval/greedy'] for r in rs):.3f} | {' '.join(f'{x:.2f}' for x in ea)} "
                    f"| {' '.join(f'{x:.2f}' for x in eg)} | **{statistics.median(ea):.3f} / {statistics.median(eg):.3f}** "
                    f"| {statistics.median(r['s_per_step'] for r in rs):.1f} |")
-    pairs = [(x, y) for x in [SPO_DEFAULT, *ABLATIONS] for y in PEERS]  # each SPO arm against each peer,
-    pairs += [(x, SPO_DEFAULT) for x in ABLATIONS]                       # each ablation against the default
+    # each SPO arm against each peer, each ablation against the default: on one pool (one held-out set) only
+    pairs = [(x, y) for x in [SPO_DEFAULT, *ABLATIONS] for y in [*PEERS, SPO_DEFAULT] if x != y and pool(x) == pool(y)]
     for spo, other in pairs:
         for key in ("eval/avg@4", "eval/greedy"):
             d = [get[spo, s]["end"][key] - get[other, s]["end"][key] for s in seeds

@@ -55,7 +55,8 @@ def test_vs_trl_pairs_each_spo_arm_with_each_peer_by_seed():
         return {"arm": arm, "seed": seed, "steps": 40, "start": ev(0.25, 0.25), "end": ev(end, greedy), "s_per_step": 9.0}
     rows = [row("TRL GRPO 4x4", 0, 0.75), row("TRL GRPO 4x4", 1, 0.875),
             row("our SPO (default)", 0, 0.875), row("our SPO (default)", 1, 0.75),
-            row("our SPO (short window)", 0, 1.0)]               # one seed: paired on seed 0 only
+            row("our SPO (short window)", 0, 1.0),               # one seed: paired on seed 0 only
+            row("our SPO (pool 64)", 0, 0.5)]                    # another held-out set: paired with none
     out = report(rows, 40)
     # diffs +0.125, -0.125: mean 0, s.e. = stdev 0.1768 / sqrt 2 = 0.125
     assert ("our SPO (default) - TRL GRPO 4x4, eval/avg@4, paired by seed: +0.000 +/- 0.125 "
@@ -65,4 +66,5 @@ def test_vs_trl_pairs_each_spo_arm_with_each_peer_by_seed():
     # the ablation against the default on their common seed 0: 1.0 - 0.875
     assert "our SPO (short window) - our SPO (default), eval/avg@4, paired by seed: +0.125 +/- nan (s.e., 1 seeds" in out
     assert "our GRPO" not in out                                  # an arm with no runs has no row and no pairs
+    assert "| our SPO (pool 64) | 0.250 / 0.250 | 0.50 |" in out and "our SPO (pool 64) -" not in out
     assert "| TRL GRPO 4x4 | 0.250 / 0.250 | 0.75 0.88 | 0.50 0.50 | **0.812 / 0.500** | 9.0 |" in out

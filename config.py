@@ -87,6 +87,10 @@ class Config:
     """ablation: draw SPO prompts as GRPO does (shuffled epochs, each prompt once per pass) instead of by Eq. 11"""
     no_baseline: bool = False
     """ablation: A = r (v_hat = 0), still batch-normalised"""
+    zero_if_rewards_agree: bool = False
+    """not the paper's, a diagnostic: a batch whose rewards all agree gets advantage 0 (as GRPO's degenerate
+    group) instead of Eq. 9's normalised tracker differences; it did not stop the held-out loss once the
+    pool is solved (README, "Past the pool's saturation")"""
     # --- Segment Policy Optimization (--algo segment; Guo et al. 2025, segment.py)
     segment_partition: str = "cutpoint"
     """'cutpoint' (a boundary every --segment-interval low-probability tokens: the paper's short-CoT choice)

@@ -19,7 +19,7 @@ import torch
 # ============================================================== advantages
 
 
-def spo_advantages(rewards, baselines, eps: float = 1e-8) -> torch.Tensor:
+def spo_advantages(rewards, baselines, eps: float = 1e-8, zero_if_rewards_agree: bool = False) -> torch.Tensor:
     """Eq. 8 then Eq. 9: A = r - v_hat_{-1}, normalised over the whole batch.
 
     rewards, baselines: [B] (tensors or sequences). `baselines` must be the tracker's values read
@@ -27,13 +27,20 @@ def spo_advantages(rewards, baselines, eps: float = 1e-8) -> torch.Tensor:
     is biased. std is unbiased (Bessel), as in the official code. A batch of one, or one whose raw
     advantages are all equal, carries no signal and returns zeros (never NaN). Pass baselines = 0
     for the paper's "no baseline" ablation. Returns float32 [B].
+
+    zero_if_rewards_agree (neither the paper nor the official code): a batch whose rewards are all
+    equal also returns zeros, as GRPO's degenerate group. Without it Eq. 9 turns such a batch into
+    (mean v_hat - v_hat) / std v_hat when every r = 1: correct answers pushed down or up by the
+    tracker's differences alone. The paper's batches (256 of 17k prompts) never meet one; a small
+    pool that the policy has solved does. Measured: it did not stop held-out accuracy falling past
+    saturation (README, "Past the pool's saturation"), so it stays off.
     """
     r = torch.as_tensor(rewards, dtype=torch.float64).flatten()
     b = torch.as_tensor(baselines, dtype=torch.float64).flatten()
     if r.shape != b.shape:
         raise ValueError(f"rewards {tuple(r.shape)} and baselines {tuple(b.shape)} differ in shape")
     a = r - b                                                         # [B]  Eq. 8
-    if a.numel() < 2 or bool((a == a[0]).all()):
+    if a.numel() < 2 or bool((a == a[0]).all()) or (zero_if_rewards_agree and bool((r == r[0]).all())):
         return torch.zeros_like(a, dtype=torch.float32)
     return ((a - a.mean()) / (a.std() + eps)).float()                # [B]  Eq. 9
 

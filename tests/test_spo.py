@@ -28,6 +28,18 @@ def test_spo_advantages_without_signal_are_zero_not_nan():
         spo_advantages([1, 0], [0.5])
 
 
+def test_zero_if_rewards_agree_silences_only_single_outcome_batches():
+    # every r = 1: A = 1 - v = (0.8, 0.5, 0.2); mean 0.5, unbiased std 0.3, so Eq. 9 gives (1, 0, -1): the
+    # correct answer on the prompt rated 0.8 is pushed down by the tracker alone. The option gives zeros.
+    b = [0.2, 0.5, 0.8]
+    assert spo_advantages([1, 1, 1], b).tolist() == pytest.approx([1, 0, -1], abs=1e-6)
+    assert torch.equal(spo_advantages([1, 1, 1], b, zero_if_rewards_agree=True), torch.zeros(3))
+    assert torch.equal(spo_advantages([0, 0, 0], b, zero_if_rewards_agree=True), torch.zeros(3))
+    mixed = ([1, 0, 1], [0.5, 0.5, 0.5])   # A = (.5, -.5, .5): mean 1/6, unbiased var 1/3 -> (1, -2, 1) / sqrt 3
+    want = [1 / math.sqrt(3), -2 / math.sqrt(3), 1 / math.sqrt(3)]
+    assert spo_advantages(*mixed, zero_if_rewards_agree=True).tolist() == pytest.approx(want, abs=1e-6)
+
+
 def test_grpo_advantages_and_degenerate_groups():
     r = [1, 0, 0, 0, 1, 1, 1, 1]
     # group 1: mean .25, unbiased std sqrt((.5625 + 3*.0625)/3) = .5; group 2 all equal -> 0

@@ -456,8 +456,6 @@ def evaluate(cfg, engine, held: list, fmt: dict) -> dict:
             "eval/greedy": sum(rf(o.text, t.answer) for o, t in zip(greedy, held)) / n}
 
 
-
-
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k (Chen et al. 2021) from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
     if not 0 < k <= n:

@@ -276,7 +276,8 @@ class Trainer:
         batch.v_prev = self.tracker.value(batch.keys)                        # v_hat_{-1}: before this reward
         if cfg.algo == "spo":
             base = np.zeros_like(batch.v_prev) if cfg.no_baseline else batch.v_prev
-            batch.adv = spo_advantages(r, base, zero_if_rewards_agree=cfg.zero_if_rewards_agree)  # Eq. 8-9
+            batch.adv = spo_advantages(r, base,                              # Eq. 8-9, over the global batch
+                                       zero_if_rewards_agree=cfg.zero_if_rewards_agree)
             batch.raw = r - base
         elif cfg.algo == "segment":
             self.segment_advantages(batch, local_r, m)

@@ -51,13 +51,16 @@ def test_two_ranks_match_one_process(tmp_path):
     np.testing.assert_allclose(a["tracker"]["alpha"], b["tracker"]["alpha"], atol=1e-4)
     np.testing.assert_allclose(a["tracker"]["beta"], b["tracker"]["beta"], atol=1e-4)
     assert len([m for m in _metrics(two) if "reward" in m]) == 2          # rank 0 alone logs
-    # the trained adapters agree to a small fraction of how far training moved them (lora_B starts at 0;
-    # measured 1 %: Adam amplifies float noise in near-zero gradients); rank-local gradients give ~100 %
+    # the trained adapters agree to a small fraction of how far training moved them: lora_B starts at 0, so
+    # |B_one - B_two| / |B_one| over all of them (measured 0.03 %). Not entry by entry: Adam amplifies float
+    # noise in near-zero gradients, and on an AVX-512 CPU one entry differed by a third of the largest one.
+    # Rank-local gradients would train each rank on half the batch (in test_train a 5 % smaller learning
+    # rate alone moves lora_B 5-21 %)
     from safetensors.torch import load_file
     wa, wb = (load_file(os.path.join(d, "adapter", "adapter_model.safetensors")) for d in (one, two))
-    moved = max(wa[k].abs().max().item() for k in wa if "lora_B" in k)
-    gap = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-    assert moved > 1e-4 and gap < moved / 20, (moved, gap)
+    assert wa.keys() == wb.keys()
+    ba, bb = (torch.cat([w[k].flatten() for k in sorted(w) if "lora_B" in k]) for w in (wa, wb))
+    assert ba.abs().max() > 1e-4 and (ba - bb).norm() < 1e-2 * ba.norm(), ((ba - bb).norm() / ba.norm()).item()
 
 
 def test_a_killed_rank_stops_the_job(tmp_path):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import tyro
@@ -211,11 +212,19 @@ def test_loop_matches_recorded_reference(tmp_path):
             assert got["tracker"][k] == pytest.approx(want["tracker"][k], rel=1e-6), name
         assert len(got["metrics"]) == len(want["metrics"]), name
         for g, w in zip(got["metrics"], want["metrics"]):
-            # float noise only: length-bucketed scoring sums in another order (drift, approx_kl differ ~1e-5)
-            assert {k: g[k] for k in w} == pytest.approx(w, rel=1e-4, abs=1e-7, nan_ok=True), (name, w["step"])
-        # per-tensor sums: Adam turns the bucketing's float noise in near-zero gradients into up to 0.3 % of a
-        # sum (measured); a changed advantage or loss moves them by tens of percent
-        assert got["adapter_sums"] == pytest.approx(want["adapter_sums"], rel=1e-2, abs=1e-4), name
+            # float noise only: length-bucketed scoring sums in another order (drift, approx_kl differ ~1e-5),
+            # and another CPU's kernels (approx_kl ~5e-4 differed by 1.1e-7 on AVX-512)
+            assert {k: g[k] for k in w} == pytest.approx(w, rel=1e-4, abs=1e-6, nan_ok=True), (name, w["step"])
+        # per-tensor sums, compared as one vector per LoRA matrix kind: Adam turns float noise in near-zero
+        # gradients (bucketing's summation order, another CPU's kernels) into up to a third of a single sum whose
+        # terms cancel, but the vector moves 0.02-0.03 % (lora_B, which starts at 0) and < 0.01 % (lora_A);
+        # measured: --learning-rate 1.9e-4 moves lora_B 5 % (spo) and 21 % (grpo), --no-baseline 47 % (spo)
+        assert got["adapter_sums"].keys() == want["adapter_sums"].keys(), name
+        for part, tol in (("lora_A", 1e-3), ("lora_B", 1e-2)):
+            ks = sorted(k for k in want["adapter_sums"] if part in k)
+            g, w = (np.array([s[k] for k in ks]) for s in (got["adapter_sums"], want["adapter_sums"]))
+            rel = np.linalg.norm(g - w) / np.linalg.norm(w)
+            assert rel < tol, (name, part, rel)
 
 
 def test_greedy_eval_is_the_temperature_zero_answer(policy):

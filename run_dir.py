@@ -64,15 +64,27 @@ def load_checkpoint(run_dir: str):
 class Logger:
     """metrics.jsonl always; a rich live dashboard on a terminal, plain lines otherwise."""
 
-    def __init__(self, cfg: Config, start: int):
-        self.cfg, self.evals = cfg, []
+    def __init__(self, cfg: Config, start: int, source: str | None = None):
+        """start: the step a resumed run continues after (0: a fresh run, which starts a fresh log);
+        source: the folder resumed from, when it is not --output-dir (a fork starts with its history)."""
+        self.cfg = cfg
         path = os.path.join(cfg.output_dir, "metrics.jsonl")
-        if start and os.path.exists(path):   # resuming: drop lines logged after the checkpoint
-            with open(path) as f:
-                keep = [line for line in f if json.loads(line)["step"] <= start]
-            with open(path, "w") as f:
-                f.writelines(keep)
-        self.file = open(path, "a" if start else "w")    # a fresh run (--overwrite) starts a fresh log
+        src = os.path.join(source or cfg.output_dir, "metrics.jsonl")
+        rows = []
+        if start and os.path.exists(src):    # resuming: keep the lines up to the checkpoint, drop those after it
+            with open(src) as f:
+                for line in f:
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:     # a line cut short by a kill (after the checkpoint)
+                        pass
+            rows = [r for r in rows if r["step"] <= start]
+        # the evaluations so far (a step line has "reward", an evaluation line does not): curves.png and the
+        # summary's "start -> end" of a resumed run cover the whole run, not only the part since the resume
+        self.evals = [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in rows if "reward" not in r]
+        self.file = open(path, "w")
+        self.file.writelines(json.dumps(r) + "\n" for r in rows)
+        self.file.flush()
         self.live = None
         if sys.stdout.isatty():
             from rich.live import Live

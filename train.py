@@ -541,7 +541,7 @@ def train(cfg: Config) -> dict:
         dist.say(f"resumed from {ckpt_dir} at step {tr.start}")
     elif cfg.algo == "spo":
         offline_init(cfg, tr.tracker, engine, train_tasks, fmt, tr.reward_fn, dist)
-    log = Logger(cfg, tr.start) if dist.main else None
+    log = Logger(cfg, tr.start, cfg.resume) if dist.main else None
     if tr.start == 0 and dist.main:
         log.eval(0, evaluate(cfg, engine, held, fmt))
 

@@ -99,15 +99,26 @@ def test_grpo_run_same_loop(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    full, part, fork = str(tmp_path / "full"), str(tmp_path / "part"), str(tmp_path / "fork")
     T.train(T.Config(steps=3, save_every=1, output_dir=full, **TINY))
     T.train(T.Config(steps=2, save_every=1, output_dir=part, **TINY))
-    T.train(T.Config(steps=3, save_every=1, output_dir=part, resume=part, **TINY))
+    before = open(os.path.join(part, "metrics.jsonl")).read()
+    start = _metrics(part)[0]                            # the step-0 evaluation
+    res = T.train(T.Config(steps=3, save_every=1, output_dir=fork, resume=part, **TINY))   # continued elsewhere
+    assert open(os.path.join(part, "metrics.jsonl")).read() == before                       # the source untouched
+    T.train(T.Config(steps=3, save_every=1, output_dir=part, resume=part, **TINY))         # continued in place
     a = torch.load(os.path.join(full, "ckpt", "state.pt"), weights_only=False)
-    b = torch.load(os.path.join(part, "ckpt", "state.pt"), weights_only=False)
-    assert a["tracker"] == b["tracker"]                  # bit-identical values, keys, visits
-    assert a["sampler"] == b["sampler"]                  # the next batch drawn is the same
-    assert [m["reward"] for m in a["history"]] == [m["reward"] for m in b["history"]]
+    for run in (part, fork):
+        b = torch.load(os.path.join(run, "ckpt", "state.pt"), weights_only=False)
+        assert a["tracker"] == b["tracker"]              # bit-identical values, keys, visits
+        assert a["sampler"] == b["sampler"]              # the next batch drawn is the same
+        assert [m["reward"] for m in a["history"]] == [m["reward"] for m in b["history"]]
+        # the log holds the whole run: the step-0 evaluation, steps 1-3 once each, part's own final
+        # evaluation at step 2 (a real measurement of that checkpoint) and the final one at step 3
+        rows = _metrics(run)
+        assert rows[0] == start and [m["step"] for m in rows if "reward" in m] == [1, 2, 3]
+        assert [m["step"] for m in rows if "reward" not in m] == [0, 2, 3]
+    assert res["first_eval"] == {k: v for k, v in start.items() if k != "step"}   # "start -> end" is the run's
 
 
 def test_sigterm_saves_and_resume_works(tmp_path):

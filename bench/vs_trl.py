@@ -3,6 +3,7 @@
     pip install trl==1.16.0                  # optional bench dependency (pip install -e ".[bench]")
     python bench/vs_trl.py                   # 3 seeds x (TRL GRPO, our GRPO, our SPO), ~45 min on 2 cores
     python bench/vs_trl.py --seeds 1 --steps 2 --n-eval 4    # smoke run
+    python bench/vs_trl.py --eval-every 8    # ... and held-out every 8 steps: each arm's curve, not only its end
 
 Same task (the embedded pool and held-out set of each seed), model (SmolLM2-135M-Instruct, fp32), LoRA
 (r 16, alpha 32, the 7 projections), learning rate 2e-4 (constant), 16 responses per step with 2 optimizer
@@ -24,6 +25,7 @@ other ~10x.
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -55,18 +57,22 @@ def pool(arm: str) -> int:
 def ours(arm: str, seed: int, a, out: str) -> dict:
     import train as T
     name, extra = OURS[arm]
-    cfg = T.Config(seed=seed, steps=a.steps, eval_every=0, n_eval=a.n_eval, save_every=0, overwrite=True,
-                   output_dir=os.path.join(out, f"{name}-s{seed}"), **extra)
+    cfg = T.Config(seed=seed, steps=a.steps, eval_every=a.eval_every, n_eval=a.n_eval, save_every=0,
+                   overwrite=True, output_dir=os.path.join(out, f"{name}-s{seed}"), **extra)
     t = time.time()
     res = T.train(cfg)
     step_s = [m["time/step"] for m in res["history"]]
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:   # evaluation lines have no "reward"
+        curve = [{k: v for k, v in m.items() if k == "step" or k.startswith("eval/")}
+                 for m in map(json.loads, f) if "reward" not in m]
     return {"start": res["first_eval"], "end": res["final_eval"], "s_per_step": statistics.mean(step_s),
-            "wall": time.time() - t}
+            "wall": time.time() - t, "curve": curve}
 
 
 def trl(seed: int, a, out: str) -> dict:
     import torch
     from datasets import Dataset
+    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     import train as T
@@ -86,6 +92,18 @@ def trl(seed: int, a, out: str) -> dict:
 
     engine = HFEngine(model, tok)
     start = T.evaluate(cfg, engine, held, fmt)
+    curve, eval_s = [{"step": 0, **start}], []
+
+    class EvalEvery(TrainerCallback):
+        """Held-out every --eval-every steps, as train.py does. data.evaluate seeds torch's generator; TRL
+        samples from it, so its state is restored after, and the run trains as it would without evaluations."""
+        def on_step_end(self, args, state, control, model=None, **_):
+            step, done = divmod(state.global_step, cfg.num_minibatches)     # optimizer steps -> our steps
+            if a.eval_every and not done and step % a.eval_every == 0 and step < a.steps:
+                rng, t0 = torch.get_rng_state(), time.time()
+                curve.append({"step": step, **T.evaluate(cfg, HFEngine(model, tok), held, fmt)})
+                torch.set_rng_state(rng)
+                eval_s.append(time.time() - t0)
     args = GRPOConfig(
         output_dir=os.path.join(out, f"TRL-s{seed}"), seed=seed, use_cpu=True, bf16=False, report_to="none",
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant", weight_decay=cfg.weight_decay,
@@ -94,12 +112,14 @@ def trl(seed: int, a, out: str) -> dict:
         steps_per_generation=cfg.num_minibatches,                  # 16 responses, 2 optimizer updates each
         max_steps=a.steps * cfg.num_minibatches, max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, save_strategy="no", logging_steps=cfg.num_minibatches)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok,
+                          callbacks=[EvalEvery()])
     t = time.time()
     trainer.train()
-    wall = time.time() - t
+    wall = time.time() - t - sum(eval_s)             # the training loop only, as for our arms
     end = T.evaluate(cfg, HFEngine(trainer.model, tok), held, fmt)
-    return {"start": start, "end": end, "s_per_step": wall / a.steps, "wall": wall}
+    return {"start": start, "end": end, "s_per_step": wall / a.steps, "wall": wall,
+            "curve": curve + [{"step": a.steps, **end}]}
 
 
 def main():
@@ -111,6 +131,7 @@ def main():
                    + " | ".join(repr(x) for x in ARMS))
     p.add_argument("--steps", type=int, default=None, help="default: train.py's default --steps")
     p.add_argument("--n-eval", type=int, default=32)
+    p.add_argument("--eval-every", type=int, default=0, help="held-out every N steps too (default: start and end)")
     p.add_argument("--out", default="bench/results/vs_trl")
     p.add_argument("--arm", default=None, help=argparse.SUPPRESS)       # child process: one arm, one seed
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -131,24 +152,25 @@ def main():
         os.remove(log)                       # a fresh record; --first-seed N adds to it
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         for arm in a.arms or DEFAULT_ARMS:
-            row = {"arm": arm, "seed": seed, "steps": a.steps,
-                   **run_child(__file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--n-eval", a.n_eval)}
+            row = {"arm": arm, "seed": seed, "steps": a.steps, "n_eval": a.n_eval,
+                   **run_child(__file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--n-eval", a.n_eval,
+                                 "--eval-every", a.eval_every)}
             with open(log, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{arm:18s} seed {seed}: avg@4 {row['start']['eval/avg@4']:.3f} -> {row['end']['eval/avg@4']:.3f}  "
                   f"greedy {row['start']['eval/greedy']:.3f} -> {row['end']['eval/greedy']:.3f}  "
                   f"{row['s_per_step']:.1f} s/step", flush=True)
     with open(log) as f:
-        rows = [r for r in map(json.loads, f) if r["steps"] == a.steps]
-    print(report(rows, a.steps))
+        rows = [r for r in map(json.loads, f) if r["steps"] == a.steps and r.get("n_eval", 32) == a.n_eval]
+    print(report(rows, a.steps, a.n_eval))
     with open(os.path.join(a.out, "vs_trl.md"), "w") as f:
-        f.write(f"`python bench/vs_trl.py {' '.join(sys.argv[1:])}`\n" + report(rows, a.steps))
+        f.write(f"`python bench/vs_trl.py {shlex.join(sys.argv[1:])}`\n" + report(rows, a.steps, a.n_eval))
 
 
-def report(rows: list, steps: int) -> str:
+def report(rows: list, steps: int, n_eval: int) -> str:
     get = {(r["arm"], r["seed"]): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
-    out = [f"\n{steps} steps x 16 responses, held-out 32 problems (avg@4 at T = 1 | greedy), per seed\n",
+    out = [f"\n{steps} steps x 16 responses, held-out {n_eval} problems (avg@4 at T = 1 | greedy), per seed\n",
            "| arm | median start avg@4 / greedy | end avg@4 per seed | end greedy per seed | median end avg@4 / greedy "
            "| s/step |", "|---|---|---|---|---|---|"]
     for arm in ARMS:
@@ -160,6 +182,18 @@ def report(rows: list, steps: int) -> str:
                    f"{statistics.median(r['start']['eval/greedy'] for r in rs):.3f} | {' '.join(f'{x:.2f}' for x in ea)} "
                    f"| {' '.join(f'{x:.2f}' for x in eg)} | **{statistics.median(ea):.3f} / {statistics.median(eg):.3f}** "
                    f"| {statistics.median(r['s_per_step'] for r in rs):.1f} |")
+    curves = [arm for arm in ARMS if any(len(get[arm, s].get("curve", [])) > 2 for s in seeds if (arm, s) in get)]
+    if curves:                               # --eval-every: the median held-out of each arm along the run
+        at = sorted({c["step"] for r in rows for c in r.get("curve", [])})
+        out += ["\nheld-out along the run, median over the seeds (avg@4 / greedy)\n",
+                "| arm | " + " | ".join(f"step {x}" for x in at) + " |", "|---|" + "---|" * len(at)]
+        for arm in curves:
+            cell = []
+            for x in at:
+                e = [c for s in seeds if (arm, s) in get for c in get[arm, s].get("curve", []) if c["step"] == x]
+                cell.append(f"{statistics.median(c['eval/avg@4'] for c in e):.3f} / "
+                            f"{statistics.median(c['eval/greedy'] for c in e):.3f}" if e else "")
+            out.append(f"| {arm} | " + " | ".join(cell) + " |")
     # each SPO arm against each peer, each ablation against the default: on one pool (one held-out set) only
     pairs = [(x, y) for x in [SPO_DEFAULT, *ABLATIONS] for y in [*PEERS, SPO_DEFAULT] if x != y and pool(x) == pool(y)]
     for spo, other in pairs:

@@ -57,7 +57,11 @@ def test_vs_trl_pairs_each_spo_arm_with_each_peer_by_seed():
             row("our SPO (default)", 0, 0.875), row("our SPO (default)", 1, 0.75),
             row("our SPO (short window)", 0, 1.0),               # one seed: paired on seed 0 only
             row("our SPO (pool 64)", 0, 0.5)]                    # another held-out set: paired with none
-    out = report(rows, 40)
+    for seed, (a20, g20) in enumerate([(0.5, 0.5), (0.75, 1.0)]):   # --eval-every 20: TRL's curve on both seeds
+        r = rows[seed]
+        r["curve"] = [{"step": 0, **r["start"]}, {"step": 20, "eval/avg@4": a20, "eval/greedy": g20}, {"step": 40, **r["end"]}]
+    out = report(rows, 40, 32)
+    assert "40 steps x 16 responses, held-out 32 problems" in out
     # diffs +0.125, -0.125: mean 0, s.e. = stdev 0.1768 / sqrt 2 = 0.125
     assert ("our SPO (default) - TRL GRPO 4x4, eval/avg@4, paired by seed: +0.000 +/- 0.125 "
             "(s.e., 2 seeds; SPO ahead in 1, tied in 0)") in out
@@ -68,3 +72,7 @@ def test_vs_trl_pairs_each_spo_arm_with_each_peer_by_seed():
     assert "our GRPO" not in out                                  # an arm with no runs has no row and no pairs
     assert "| our SPO (pool 64) | 0.250 / 0.250 | 0.50 |" in out and "our SPO (pool 64) -" not in out
     assert "| TRL GRPO 4x4 | 0.250 / 0.250 | 0.75 0.88 | 0.50 0.50 | **0.812 / 0.500** | 9.0 |" in out
+    # the median curve: step 20 is the median of 0.5 and 0.75 (greedy 0.5 and 1.0); arms without a curve have no row
+    assert "| arm | step 0 | step 20 | step 40 |" in out
+    assert "| TRL GRPO 4x4 | 0.250 / 0.250 | 0.625 / 0.750 | 0.812 / 0.500 |" in out
+    assert "| our SPO (default) | 0.250" not in out.split("held-out along the run")[1]

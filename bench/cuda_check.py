@@ -31,6 +31,7 @@ def main():
     out = {}
     for name, extra in [("bf16", {}), ("qlora-nf4", {"load_in_4bit": True, "old_logprobs": "trainer"})]:
         run = tempfile.mkdtemp(prefix=f"spo-cuda-{name}-")
+        torch.cuda.reset_peak_memory_stats()        # each run's own peak, not the process's so far
         res = T.train(T.Config(steps=3, save_every=1, output_dir=run, overwrite=True, **SMALL, **extra))
         h = res["history"]
         again = T.train(T.Config(steps=4, resume=run, output_dir=run, **SMALL, **extra))

@@ -1,12 +1,15 @@
-"""The QLoRA path on CUDA (skipped without a GPU and bitsandbytes): `load_policy` in NF4 on a small model with
+"""The CUDA paths (skipped without a GPU and bitsandbytes): `load_policy` in NF4 on a small model with
 Qwen3's architecture (grouped-query attention, untied head), built from a config with random weights.
 
 Pins what bench/gpu_memory.py found on Qwen3-8B's shapes: after peft's k-bit preparation no frozen weight is
 left in fp32 (fp32 norms made SDPA fall back to materialised attention scores), an unpadded micro-batch takes
 SDPA's causal kernel (memory linear in the length) and agrees with the padded path, and a PPO update trains
-the adapter. `python -m pytest tests/test_cuda.py` on a GPU machine re-checks it in seconds.
+the adapter; and train.py's loop with the embedded model (bench/cuda_check.py at tiny sizes) trains, saves and
+resumes on CUDA in bf16 and NF4. `python -m pytest tests/test_cuda.py` on a GPU machine re-checks it in a minute.
 """
 import importlib.util
+import math
+import os
 
 import pytest
 import torch
@@ -83,3 +86,23 @@ def test_qlora_ppo_update_trains_the_adapter(qlora):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
     opt.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, (p.detach() for p in params)))
+
+
+@pytest.mark.parametrize("nf4", [False, True], ids=["bf16", "qlora-nf4"])
+def test_loop_trains_saves_and_resumes_on_cuda(tmp_path, nf4):
+    """train.py's loop on CUDA with the embedded model and the HF engine. bf16 takes pi_old from the engine, so
+    the free engine-vs-trainer check runs every step; NF4 recomputes it (--load-in-4bit implies the trainer's),
+    and its engine is the policy itself (the CLI implies --old-logprobs trainer; a Config is given it). The CPU never showed the CPU/CUDA tensor mix-ups this path once had."""
+    import train as T
+    from rollout import SYNC_TOLERANCE
+    run = str(tmp_path / "run")
+    cfg = dict(batch_size=4, n_train=8, n_eval=4, offline_samples=2, max_completion_length=8, micro_batch_size=4,
+               eval_every=0, eval_k=1, engine="hf", load_in_4bit=nf4, old_logprobs="trainer" if nf4 else "engine")
+    h = T.train(T.Config(steps=2, save_every=1, output_dir=run, **cfg))["history"]
+    assert [m["step"] for m in h] == [1, 2]
+    assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in h)
+    if not nf4:
+        assert all(m["sync/mean"] < SYNC_TOLERANCE for m in h)
+    assert os.path.exists(os.path.join(run, "ckpt", "state.pt"))
+    again = T.train(T.Config(steps=3, resume=run, output_dir=run, **cfg))["history"]
+    assert [m["step"] for m in again] == [1, 2, 3] and [m["reward"] for m in again[:2]] == [m["reward"] for m in h]

@@ -82,9 +82,10 @@ class Logger:
         # the evaluations so far (a step line has "reward", an evaluation line does not): curves.png and the
         # summary's "start -> end" of a resumed run cover the whole run, not only the part since the resume
         self.evals = [(r["step"], {k: v for k, v in r.items() if k != "step"}) for r in rows if "reward" not in r]
-        self.file = open(path, "w")
-        self.file.writelines(json.dumps(r) + "\n" for r in rows)
-        self.file.flush()
+        with open(path + ".tmp", "w") as f:  # swapped in whole: a kill here leaves the old log, never half of it
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(path + ".tmp", path)
+        self.file = open(path, "a")
         self.live = None
         if sys.stdout.isatty():
             from rich.live import Live

@@ -90,9 +90,10 @@ def test_qlora_ppo_update_trains_the_adapter(qlora):
 
 @pytest.mark.parametrize("nf4", [False, True], ids=["bf16", "qlora-nf4"])
 def test_loop_trains_saves_and_resumes_on_cuda(tmp_path, nf4):
-    """train.py's loop on CUDA with the embedded model and the HF engine. bf16 takes pi_old from the engine, so
-    the free engine-vs-trainer check runs every step; NF4 recomputes it (--load-in-4bit implies the trainer's),
-    and its engine is the policy itself (the CLI implies --old-logprobs trainer; a Config is given it). The CPU never showed the CPU/CUDA tensor mix-ups this path once had."""
+    """train.py's loop on CUDA with the embedded model and the HF engine: 2 steps, a checkpoint, a resume to 3.
+    bf16 takes pi_old from the engine, so the free engine-vs-trainer check runs every step; NF4 recomputes it
+    (the CLI implies --old-logprobs trainer with --load-in-4bit; a Config is told), its engine being the policy
+    itself. The CPU tests never showed the CPU/CUDA tensor mix-ups this path once had."""
     import train as T
     from rollout import SYNC_TOLERANCE
     run = str(tmp_path / "run")

@@ -595,7 +595,8 @@ def finish(cfg: Config, dist: Dist, tr: Trainer, log, final_eval) -> dict:
         print(f"held-out {k}: {first.get(k, float('nan')):.3f} -> {final[k]:.3f}")
     if dist.main:
         print(f"adapter: {cfg.output_dir}/adapter   curves: {cfg.output_dir}/curves.png")
-    return {"first_eval": first, "final_eval": final, "history": tr.history}
+    return {"first_eval": first, "final_eval": final, "history": tr.history,
+            "evals": [{"step": step, **ev} for step, ev in log.evals] if log else []}   # the whole run's, from step 0
 
 
 def main(argv=None) -> None:

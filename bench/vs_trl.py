@@ -62,11 +62,8 @@ def ours(arm: str, seed: int, a, out: str) -> dict:
     t = time.time()
     res = T.train(cfg)
     step_s = [m["time/step"] for m in res["history"]]
-    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:   # evaluation lines have no "reward"
-        curve = [{k: v for k, v in m.items() if k == "step" or k.startswith("eval/")}
-                 for m in map(json.loads, f) if "reward" not in m]
     return {"start": res["first_eval"], "end": res["final_eval"], "s_per_step": statistics.mean(step_s),
-            "wall": time.time() - t, "curve": curve}
+            "wall": time.time() - t, "curve": res["evals"]}
 
 
 def trl(seed: int, a, out: str) -> dict:

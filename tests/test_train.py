@@ -119,6 +119,7 @@ def test_resume_continues_exactly(tmp_path):
         assert rows[0] == start and [m["step"] for m in rows if "reward" in m] == [1, 2, 3]
         assert [m["step"] for m in rows if "reward" not in m] == [0, 2, 3]
     assert res["first_eval"] == {k: v for k, v in start.items() if k != "step"}   # "start -> end" is the run's
+    assert res["evals"] == [m for m in _metrics(fork) if "reward" not in m]
 
 
 def test_sigterm_saves_and_resume_works(tmp_path):

@@ -155,6 +155,10 @@ class Config:
     # --- optimisation
     learning_rate: float = 2e-4
     """AdamW learning rate (LoRA needs ~100x the paper's full-parameter 1e-6)"""
+    lr_scheduler_type: str = "constant"
+    """'constant' (the paper), 'linear' or 'cosine': decay from --learning-rate towards 0 over --steps (TRL's
+    names; no warmup). The rate is a function of the step, so a resumed run follows the same curve; resuming
+    with a larger --steps stretches the rest of it"""
     weight_decay: float = 0.01
     """AdamW weight decay"""
     max_grad_norm: float = 1.0
@@ -268,6 +272,8 @@ def validate(cfg: Config) -> None:
     need(cfg.loss_variant in ("ppo", "gspo", "sapo"), f"--loss-variant must be ppo, gspo or sapo, got {cfg.loss_variant!r}")
     need(cfg.engine in ("auto", "hf", "vllm"), f"--engine must be auto, hf or vllm, got {cfg.engine!r}")
     need(cfg.old_logprobs in ("engine", "trainer"), f"--old-logprobs must be engine or trainer, got {cfg.old_logprobs!r}")
+    need(cfg.lr_scheduler_type in ("constant", "linear", "cosine"),
+         f"--lr-scheduler-type must be constant, linear or cosine, got {cfg.lr_scheduler_type!r}")
     need(cfg.batch_size > 0 and cfg.steps >= 0, "--batch-size must be > 0 and --steps >= 0")
     need(not (cfg.load_in_4bit and cfg.old_logprobs == "engine"),
          "--load-in-4bit needs --old-logprobs trainer: NF4 decoding and the trainer's full forward use different "

@@ -118,6 +118,18 @@ def offline_init(cfg: Config, tracker: ValueTracker, engine, train, fmt, reward_
 # ============================================================== one step, as named phases
 
 
+def learning_rate_at(cfg: Config, step: int) -> float:
+    """--lr-scheduler-type: the rate of training step `step` (1-based) of --steps. 'constant' is the paper's
+    (spec §2); 'linear' and 'cosine' decay towards 0 as transformers' schedulers of those names do."""
+    frac = (step - 1) / max(cfg.steps, 1)               # 0 at the first step, 1 - 1/steps at the last
+    if cfg.lr_scheduler_type == "linear":
+        return cfg.learning_rate * (1 - frac)
+    if cfg.lr_scheduler_type == "cosine":
+        return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
+    return cfg.learning_rate
+
+
+
 @dataclass
 class Batch:
     """What one step carries from phase to phase. Rows are global (B) unless marked "this rank's"."""
@@ -328,6 +340,9 @@ class Trainer:
         cfg, dist, model, t0 = self.cfg, self.dist, self.model, time.time()
         B, pad = cfg.batch_size, self.tok.pad_token_id
         p_ids, c_ids = [s.prompt_ids for s in batch.samples], [s.completion_ids for s in batch.samples]
+        m["lr"] = learning_rate_at(cfg, step)
+        for group in self.opt.param_groups:
+            group["lr"] = m["lr"]
         model.train()
         if cfg.old_logprobs == "engine":     # pi_old = the sampling policy's own log-probs: no extra pass
             old_logp = pad_logprobs(batch.samples)                                          # [b, T]

@@ -38,6 +38,7 @@ def test_bad_flags_fail_before_any_model_loads(tmp_path):
                       (["--algo", "grpo", "--group-size", "3"], "--group-size 3 must be >= 2 and divide --batch-size 16"),
                       (["--algo", "ppo"], "--algo must be spo, grpo or segment"),
                       (["--num-minibatches", "3"], "--num-minibatches 3 must divide"),
+                      (["--lr-scheduler-type", "step"], "--lr-scheduler-type must be constant, linear or cosine"),
                       (["--resume", str(tmp_path / "nothing")], "--resume .*nothing: no such file")]:
         with pytest.raises(T.ConfigError, match=msg):
             T.validate(tyro.cli(T.Config, args=args))
@@ -90,12 +91,27 @@ def test_spo_run_end_to_end(tmp_path):
     assert [m["step"] for m in _metrics(warm)] == [0, 0]     # eval at start and at the end of 0 steps
 
 
+def test_learning_rate_schedules_by_hand():
+    """--lr-scheduler-type over --steps 4 from 1e-3: step k (1-based) is at fraction (k - 1) / 4 of the run."""
+    def rates(kind):
+        cfg = T.Config(learning_rate=1e-3, steps=4, lr_scheduler_type=kind)
+        return [T.learning_rate_at(cfg, k) for k in (1, 2, 3, 4)]
+    assert rates("constant") == [1e-3] * 4                                      # the paper's
+    assert rates("linear") == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    c = math.sqrt(0.5) / 2                                                      # cos(pi / 4) / 2
+    assert rates("cosine") == pytest.approx([1e-3, (0.5 + c) * 1e-3, 5e-4, (0.5 - c) * 1e-3])
+
+
 def test_grpo_run_same_loop(tmp_path):
     run = str(tmp_path / "grpo")
-    T.train(T.Config(algo="grpo", group_size=2, steps=2, output_dir=run, **TINY))
+    T.train(T.Config(algo="grpo", group_size=2, steps=2, lr_scheduler_type="linear", output_dir=run, **TINY))
     rows = [m for m in _metrics(run) if "reward" in m]
     assert len(rows) == 2 and all(0 <= m["grpo/degenerate_share"] <= 1 for m in rows)
     assert not any("spo/rho_mean" in m for m in rows)
+    # the schedule is what the optimizer used, not only what was logged: its last rate is in the checkpoint
+    assert [m["lr"] for m in rows] == pytest.approx([2e-4, 1e-4])
+    opt = torch.load(os.path.join(run, "ckpt", "state.pt"), weights_only=False)["optimizer"]
+    assert [g["lr"] for g in opt["param_groups"]] == pytest.approx([1e-4])
 
 
 def test_resume_continues_exactly(tmp_path):

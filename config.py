@@ -29,7 +29,8 @@ class Config:
     answer_field: str | None = None
     """dataset column holding the answer or solution (default: the preset's, else 'answer')"""
     eval_dataset: str | None = None
-    """held-out set for other datasets (same field names); embedded: a disjoint generated set"""
+    """held-out set for other datasets (same field names; a file sharing a prompt with --dataset is an error);
+    embedded: a disjoint generated set"""
     n_train: int = 32
     """embedded: training pool size (prompts must recur for a per-prompt tracker: 32 prompts at batch 16 come
     back every ~2 steps; README)"""
@@ -304,6 +305,9 @@ def validate(cfg: Config) -> None:
     need(0 < cfg.rho_min <= cfg.rho_max < 1, "need 0 < --rho-min <= --rho-max < 1")
     need(cfg.drift_at in ("update", "sampling"), f"--drift-at must be update or sampling, got {cfg.drift_at!r}")
     need(cfg.offline_samples >= 0 and cfg.eval_k >= 1, "--offline-samples must be >= 0 and --eval-k >= 1")
+    need(not cfg.eval_only or cfg.eval_dataset or cfg.dataset in ("embedded", "embedded-tools"),
+         f"--eval-only needs a held-out set: pass --eval-dataset (only the embedded tasks carry their own; "
+         f"--dataset {cfg.dataset} is the training data)")
     for flag in ("offline_values", "resume", "eval_only", "init_adapter"):
         path = getattr(cfg, flag)
         need(path is None or os.path.exists(path), f"--{flag.replace('_', '-')} {path}: no such file or folder")

@@ -8,7 +8,8 @@
                     problem in a local file is a DataError naming FILE:LINE (duplicate prompts too:
                     the value tracker keys on the prompt text); hub duplicates are dropped, warned.
 - `read_tasks`, `format_tasks`  what train.py's Config asks for: the tasks, checked before anything else
-                    runs (a bad file is a DataError naming FILE:LINE), and their chat-formatted prompts.
+                    runs (a bad file is a DataError naming FILE:LINE; so is a held-out file that shares
+                    prompts with the training data), and their chat-formatted prompts.
 - `chat_prompt`     the chat template applied to a task (system prompt, Qwen3 `enable_thinking`).
 - `extract_answer`, `is_correct`, `RewardFn`: binary correctness (paper §4, footnote 1). Strip any
                     <think>...</think>, take the last \\boxed{} (else `####`, else the last number),
@@ -154,6 +155,11 @@ PRESETS = {
 }
 
 
+def is_local(source: str) -> bool:
+    """A local file (.jsonl, .json, .csv, .parquet) rather than a preset or a hub dataset id."""
+    return source not in PRESETS and os.path.splitext(source)[1].lower() in (".jsonl", ".json", ".csv", ".parquet")
+
+
 def gold_answer(raw: str) -> str:
     """The final answer inside a dataset's solution field: after '####' (GSM8K), the last \\boxed{}
     (MATH), or the field itself (DAPO, plain answers)."""
@@ -182,7 +188,7 @@ def load_tasks(source: str, prompt_field: str | None = None, answer_field: str |
     pf = prompt_field or (preset.prompt_field if preset else "prompt")
     af = answer_field or (preset.answer_field if preset else "answer")
     sfx = suffix if suffix is not None else (preset.suffix if preset else "")
-    local = preset is None and os.path.splitext(source)[1].lower() in (".jsonl", ".json", ".csv", ".parquet")
+    local = is_local(source)
     tasks, first_line, dupes = [], {}, []
     for where, row in (_local_rows(source) if local else _hub_rows(source, preset, split)):
         for field, flag in ((pf, "--prompt-field"), (af, "--answer-field")):
@@ -292,8 +298,18 @@ def read_tasks(cfg):
     if cfg.dataset == "embedded-tools":
         return embedded_tool_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
     train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)
-    held = load_tasks(cfg.eval_dataset, cfg.prompt_field, cfg.answer_field, limit=cfg.n_eval) \
-        if cfg.eval_dataset else []
+    if not cfg.eval_dataset:
+        return train, []
+    held = load_tasks(cfg.eval_dataset, cfg.prompt_field, cfg.answer_field, limit=cfg.n_eval)
+    seen = {t.prompt for t in train}
+    shared = [t for t in held if t.prompt in seen]
+    if shared:               # a held-out problem that is also trained on measures memory, not held-out accuracy
+        msg = (f"{cfg.eval_dataset}: {len(shared)} of its {len(held)} held-out prompts are also training prompts "
+               f"of --dataset {cfg.dataset} (first: {shared[0].prompt[:60]!r})")
+        if is_local(cfg.eval_dataset) or is_local(cfg.dataset):    # the user can edit a file: an error
+            raise DataError(msg + "; remove them from one file, or choose another --eval-dataset")
+        warnings.warn(msg + "; dropped from the held-out set", stacklevel=2)     # two hub sets: dropped, warned
+        held = [t for t in held if t.prompt not in seen]
     return train, held
 
 

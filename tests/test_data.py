@@ -1,10 +1,11 @@
 """Tasks, dataset loading and answer checking, table-driven on real cases."""
 import os
+from types import SimpleNamespace
 
 import pytest
 
 from data import (BOXED_SUFFIX, DataError, RewardFn, Task, embedded_tasks, extract_answer, gold_answer, is_correct,
-                  load_tasks)
+                  load_tasks, read_tasks)
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -135,6 +136,22 @@ def test_bad_data_names_file_and_line(tmp_path, name, content, message):
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(DataError, match=message):
         load_tasks(str(path))
+
+
+def test_held_out_file_may_not_share_a_prompt_with_the_training_data(tmp_path):
+    def cfg_for(**kw):       # the fields of train.Config that read_tasks reads
+        return SimpleNamespace(**{"eval_dataset": None, "prompt_field": None, "answer_field": None, "n_eval": 32, **kw})
+    (tmp_path / "train.jsonl").write_text(GOOD + '{"prompt": "What is 3 + 3?", "answer": "6"}\n')
+    (tmp_path / "held.csv").write_text("prompt,answer\nWhat is 5 + 5?,10\nWhat is 3 + 3?,6\n")
+    cfg = cfg_for(dataset=str(tmp_path / "train.jsonl"), eval_dataset=str(tmp_path / "held.csv"))
+    with pytest.raises(DataError, match=r"held.csv: 1 of its 2 held-out prompts are also training prompts of "
+                                        r"--dataset .*train.jsonl \(first: 'What is 3 \+ 3\?'\); remove them"):
+        read_tasks(cfg)
+    (tmp_path / "held.csv").write_text("prompt,answer\nWhat is 5 + 5?,10\nWhat is 3 + 4?,7\n")
+    train, held = read_tasks(cfg)
+    assert [t.prompt for t in train] == ["What is 1 + 1?", "What is 3 + 3?"]
+    assert [(t.prompt, t.answer) for t in held] == [("What is 5 + 5?", "10"), ("What is 3 + 4?", "7")]
+    assert read_tasks(cfg_for(dataset=str(tmp_path / "train.jsonl")))[1] == []      # no --eval-dataset: none
 
 
 def test_bad_parquet_and_unreadable_files(tmp_path):

@@ -39,7 +39,9 @@ def test_bad_flags_fail_before_any_model_loads(tmp_path):
                       (["--algo", "ppo"], "--algo must be spo, grpo or segment"),
                       (["--num-minibatches", "3"], "--num-minibatches 3 must divide"),
                       (["--lr-scheduler-type", "step"], "--lr-scheduler-type must be constant, linear or cosine"),
-                      (["--resume", str(tmp_path / "nothing")], "--resume .*nothing: no such file")]:
+                      (["--resume", str(tmp_path / "nothing")], "--resume .*nothing: no such file"),
+                      (["--eval-only", str(tmp_path), "--dataset", "mine.jsonl"],   # nothing to evaluate on
+                       "--eval-only needs a held-out set: pass --eval-dataset")]:
         with pytest.raises(T.ConfigError, match=msg):
             T.validate(tyro.cli(T.Config, args=args))
     with pytest.raises(T.ConfigError, match="--load-in-4bit needs --old-logprobs trainer"):

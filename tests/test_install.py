@@ -3,6 +3,7 @@
 Inside the repository its own folder is on sys.path and hides a module missing from pyproject's py-modules
 (tools, sandbox, collector, segment and sft were, and `import train` from another folder failed on them)."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,10 +12,13 @@ MODULES = sorted(f[:-3] for f in os.listdir(REPO) if f.endswith(".py"))
 
 
 def test_plain_install_ships_every_module(tmp_path):
-    site = tmp_path / "site"
+    src, site = tmp_path / "src", tmp_path / "site"
+    src.mkdir()      # built from a copy: no build/ left in the repository, and no stale build/lib to ship from
+    for f in ["pyproject.toml", "README.md"] + [m + ".py" for m in MODULES]:
+        shutil.copy(os.path.join(REPO, f), src / f)
     # no build isolation: setuptools is already here (torch needs it), so nothing is downloaded
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), REPO], check=True, capture_output=True)
+                    "--target", str(site), str(src)], check=True, capture_output=True)
     shipped = sorted(f[:-3] for f in os.listdir(site) if f.endswith(".py"))
     assert shipped == MODULES, f"py-modules in pyproject.toml misses {sorted(set(MODULES) - set(shipped))}"
     # imported from an empty folder, the installed copies first (not the repository, not an editable finder)

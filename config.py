@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 from rollout import EMBEDDED_MODEL
 
+# the --dataset names whose tasks are generated here (pool and held-out set from --n-train / --n-eval)
+EMBEDDED_DATASETS = ("embedded", "embedded-tools")
+
+
 @dataclass
 class Config:
     profile: str = "auto"
@@ -292,20 +296,20 @@ def validate(cfg: Config) -> None:
         need(cfg.engine == "vllm", "--collect continuous needs --engine vllm (request-level add/step/abort)")
         need(cfg.oversample >= 1 and cfg.max_staleness >= 0 and cfg.tis_cap > 0,
              "--oversample must be >= 1, --max-staleness >= 0, --tis-cap > 0")
-        if cfg.dataset in ("embedded", "embedded-tools"):
+        if cfg.dataset in EMBEDDED_DATASETS:
             need(math.ceil(cfg.oversample * prompts) < cfg.n_train,
                  f"--collect continuous keeps {math.ceil(cfg.oversample * prompts)} prompts busy "
                  f"(--oversample x prompts per step); the pool (--n-train {cfg.n_train}) must hold more")
     need(cfg.tools in ("none", "python"), f"--tools must be none or python, got {cfg.tools!r}")
     need(cfg.max_tool_turns >= 1 and cfg.tool_timeout > 0 and cfg.sandbox_workers >= 1,
          "--max-tool-turns and --sandbox-workers must be >= 1, --tool-timeout > 0")
-    if cfg.dataset in ("embedded", "embedded-tools"):
+    if cfg.dataset in EMBEDDED_DATASETS:
         need(prompts <= cfg.n_train, f"--batch-size {cfg.batch_size} needs {prompts} distinct prompts a step "
              f"but the pool has --n-train {cfg.n_train}")
     need(0 < cfg.rho_min <= cfg.rho_max < 1, "need 0 < --rho-min <= --rho-max < 1")
     need(cfg.drift_at in ("update", "sampling"), f"--drift-at must be update or sampling, got {cfg.drift_at!r}")
     need(cfg.offline_samples >= 0 and cfg.eval_k >= 1, "--offline-samples must be >= 0 and --eval-k >= 1")
-    need(not cfg.eval_only or cfg.eval_dataset or cfg.dataset in ("embedded", "embedded-tools"),
+    need(not cfg.eval_only or cfg.eval_dataset or cfg.dataset in EMBEDDED_DATASETS,
          f"--eval-only needs a held-out set: pass --eval-dataset (only the embedded tasks carry their own; "
          f"--dataset {cfg.dataset} is the training data)")
     for flag in ("offline_values", "resume", "eval_only", "init_adapter"):

@@ -76,3 +76,20 @@ def test_vs_trl_pairs_each_spo_arm_with_each_peer_by_seed():
     assert "| arm | step 0 | step 20 | step 40 |" in out
     assert "| TRL GRPO 4x4 | 0.250 / 0.250 | 0.625 / 0.750 | 0.812 / 0.500 |" in out
     assert "| our SPO (default) | 0.250" not in out.split("held-out along the run")[1]
+
+
+def test_fact_coverage_keys_a_problem_by_its_fact_and_probes_beyond_the_held_out_set():
+    from data import Task, embedded_tasks
+    from fact_coverage import fact
+    q = " Answer with just the number."
+    # sums are unordered and their wording is not part of the fact; a difference is ordered
+    assert fact(Task("What is 3 + 9?" + q, "12", 1)) == fact(Task("What is 9 + 3?" + q, "12", 1)) == ("+", (3, 9))
+    assert fact(Task("Tom has 9 coins and gets 3 more. How many coins does Tom have now?" + q, "12", 4)) == ("+", (3, 9))
+    assert fact(Task("What is 9 - 3?" + q, "6", 2)) == ("-", (9, 3)) != fact(Task("What is 3 + 6?" + q, "9", 1))
+    assert fact(Task("What is 2 + 5 + 1?" + q, "8", 5)) == ("+", (1, 2, 5))
+    # the probe is the held-out set and more draws after it, never a pool prompt
+    for seed in (0, 3):
+        pool, held = embedded_tasks(32, 32, seed)
+        pool2, probe = embedded_tasks(32, 200, seed)
+        assert pool2 == pool and probe[:32] == held and len(probe) == 200
+        assert not {t.prompt for t in pool} & {t.prompt for t in probe}

@@ -69,5 +69,6 @@ def main():
                  for n, r in (scores.get((level, in_pool), (0, {})) for in_pool in (True, False))]
         print(f"| {LEVELS.get(level, level)} | {cells[0]} | {cells[1]} |")
 
+
 if __name__ == "__main__":
     main()

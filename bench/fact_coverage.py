@@ -57,7 +57,7 @@ def main():
         part = [(n, r) for (lv, known_), (n, r) in scores.items() if lv != "all" and known_ == in_pool]
         n = sum(m for m, _ in part)
         if n:
-            scores[("all", in_pool)] = (n, {k: sum(m * r[k] for m, r in part) / n for k in part[0][1]})
+            scores[("all", in_pool)] = (n, {key: sum(m * r[key] for m, r in part) / n for key in part[0][1]})
     k = f"eval/avg@{a.eval_k}"
     print(f"adapter {a.adapter}, seed {cfg.seed}: {len(pool)} pool prompts, {len(probe)} other problems, "
           f"avg@{a.eval_k} at T = {cfg.eval_temperature} / greedy; the run's held-out set (the first {cfg.n_eval}): "

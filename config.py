@@ -192,6 +192,8 @@ class Config:
     """samples per held-out problem (avg@k, pass@k, maj@k)"""
     eval_temperature: float = 1.0
     """sampling temperature of the held-out evaluation, 0 = greedy (the paper: 0.6 with k = 32)"""
+    eval_top_p: float = 1.0
+    """nucleus (top-p) of the held-out sampling (the paper: 0.95); training always samples with top-p 1"""
     output_dir: str = "runs/spo"
     """where metrics.jsonl, checkpoints, the adapter and the plot go"""
     save_every: int = 10
@@ -224,7 +226,7 @@ PAPER_PROFILE = dict(
     offline_samples=8, temperature=1.0, epsilon=0.2, epsilon_high=0.28, rho_min=0.875, rho_max=0.96,
     learning_rate=1e-5,                         # paper: 1e-6 full fine-tuning; LoRA needs ~10x more
     lora_r=32, lora_alpha=64, micro_batch_size=1, steps=500,
-    eval_every=10, eval_k=16, eval_temperature=0.6, n_eval=30, save_every=10,
+    eval_every=10, eval_k=16, eval_temperature=0.6, eval_top_p=0.95, n_eval=30, save_every=10,
     gpu_memory_utilization=0.35, old_logprobs="trainer", drift_at="update",
     tools="python", max_tool_turns=8, max_tool_response_length=256,   # ReTool (spec §2.4), sandbox timeout 30 s
     tool_timeout=30.0, sandbox_workers=8,
@@ -309,6 +311,8 @@ def validate(cfg: Config) -> None:
     need(0 < cfg.rho_min <= cfg.rho_max < 1, "need 0 < --rho-min <= --rho-max < 1")
     need(cfg.drift_at in ("update", "sampling"), f"--drift-at must be update or sampling, got {cfg.drift_at!r}")
     need(cfg.offline_samples >= 0 and cfg.eval_k >= 1, "--offline-samples must be >= 0 and --eval-k >= 1")
+    need(cfg.eval_temperature >= 0 and 0 < cfg.eval_top_p <= 1,
+         "need --eval-temperature >= 0 and 0 < --eval-top-p <= 1")
     need(not cfg.eval_only or cfg.eval_dataset or cfg.dataset in EMBEDDED_DATASETS,
          f"--eval-only needs a held-out set: pass --eval-dataset (only the embedded tasks carry their own; "
          f"--dataset {cfg.dataset} is the training data)")

@@ -448,17 +448,17 @@ class RewardFn:
 
 
 def evaluate(cfg, engine, held: list, fmt: dict) -> dict:
-    """Held-out avg@k, pass@k (unbiased) and maj@k at --eval-temperature (paper App. D), and greedy accuracy
-    (T = 0, one response per problem): avg@k rises both when the policy knows more and when it merely
-    gets sharper (less random); greedy accuracy moves only with the first. `engine.generate` samples,
-    `fmt` maps a task's prompt to its chat-formatted text; cfg gives eval_k, eval_temperature and
-    max_completion_length (train.Config)."""
+    """Held-out avg@k, pass@k (unbiased) and maj@k at --eval-temperature and --eval-top-p (paper App. D: 0.6
+    and 0.95), and greedy accuracy (T = 0, one response per problem): avg@k rises both when the policy knows
+    more and when it merely gets sharper (less random); greedy accuracy moves only with the first.
+    `engine.generate` samples, `fmt` maps a task's prompt to its chat-formatted text; cfg gives eval_k,
+    eval_temperature, eval_top_p and max_completion_length (train.Config)."""
     if not held:
         return {}
     k, rf = cfg.eval_k, RewardFn()
     prompts = [fmt[t.prompt] for t in held]
     out = engine.generate([p for p in prompts for _ in range(k)], cfg.max_completion_length,
-                          cfg.eval_temperature, seed=10_007)
+                          cfg.eval_temperature, seed=10_007, top_p=cfg.eval_top_p)
     greedy = engine.generate(prompts, cfg.max_completion_length, 0.0)
     avg = pas = maj = 0.0
     for j, t in enumerate(held):

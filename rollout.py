@@ -299,8 +299,10 @@ class Engine:
     `tok` and `max_prompt_length` (tools.ToolEngine too: its tool loop is a `generate_ids`)."""
 
     def generate(self, prompts: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
-                 seeds: list | None = None) -> list:
-        """One response per prompt string (already chat-formatted). temperature 0 means greedy.
+                 seeds: list | None = None, top_p: float = 1.0) -> list:
+        """One response per prompt string (already chat-formatted). temperature 0 means greedy; top_p < 1
+        samples from the nucleus (the paper's evaluation: T = 0.6, top-p 0.95; training keeps 1.0, whose
+        sampling log-probs are the policy's own).
 
         `seed` seeds the whole call; `seeds` (one per prompt) generates each prompt alone from its own
         seed, so a response does not depend on which other prompts share the batch or the process
@@ -309,7 +311,7 @@ class Engine:
         """
         prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         _check_prompt_lengths(prompt_ids, self.max_prompt_length)
-        return self.generate_ids(prompt_ids, max_new_tokens, temperature, seed, seeds)
+        return self.generate_ids(prompt_ids, max_new_tokens, temperature, seed, seeds, top_p=top_p)
 
 
 class HFEngine(Engine):
@@ -332,7 +334,7 @@ class HFEngine(Engine):
 
     @torch.no_grad()
     def generate_ids(self, prompt_ids: list, max_new_tokens, temperature: float = 1.0, seed: int | None = None,
-                     seeds: list | None = None, stop: list | None = None) -> list:
+                     seeds: list | None = None, stop: list | None = None, top_p: float = 1.0) -> list:
         """As generate, from token ids; max_new_tokens may differ per prompt (a list); generation of a row
         also ends after the token that completes a string of `stop` (kept; finish_reason "tool")."""
         budgets = per_row(max_new_tokens, len(prompt_ids))
@@ -354,7 +356,7 @@ class HFEngine(Engine):
                 ids = torch.tensor([[self.tok.pad_token_id] * (width - len(p)) + p for p in batch])
                 att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
                 dev = next(self.model.parameters()).device
-                sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
+                sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if temperature > 0 \
                     else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
                 out = self.model.generate(
                     input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=max(budgets[i] for i in rows),
@@ -450,11 +452,11 @@ class VLLMEngine(Engine):
 
     # ---- request level: add / step / abort
     def add(self, prompt_ids: list, max_new_tokens: int, temperature: float = 1.0, seed: int | None = None,
-            stop: list | None = None, version: int | None = None) -> str:
+            stop: list | None = None, version: int | None = None, top_p: float = 1.0) -> str:
         """Queue one request under adapter `version` (default: the current one); returns its id."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
-        params = SamplingParams(n=1, temperature=temperature, top_p=1.0, top_k=-1, max_tokens=max_new_tokens,
+        params = SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=-1, max_tokens=max_new_tokens,
                                 logprobs=0, seed=seed, stop=stop, include_stop_str_in_output=True,
                                 output_kind=RequestOutputKind.FINAL_ONLY)
         self._ids += 1
@@ -488,13 +490,14 @@ class VLLMEngine(Engine):
         return Sample(p, toks, lps, why, self.tok.decode(toks, skip_special_tokens=True))
 
     def generate_ids(self, prompt_ids: list, max_new_tokens, temperature: float = 1.0, seed: int | None = None,
-                     seeds: list | None = None, stop: list | None = None) -> list:
+                     seeds: list | None = None, stop: list | None = None, top_p: float = 1.0) -> list:
         """As HFEngine.generate_ids: one request per prompt, all under the current LoRA request. Requests
         of others (a collector's) that finish meanwhile are kept for their owner's next `step`."""
         budgets = per_row(max_new_tokens, len(prompt_ids))
         if seeds is None:
             seeds = [None if seed is None else seed + i for i in range(len(prompt_ids))]
-        rows = {self.add(p, b, temperature, sd, stop): i for i, (p, b, sd) in enumerate(zip(prompt_ids, budgets, seeds))}
+        rows = {self.add(p, b, temperature, sd, stop, top_p=top_p): i
+                for i, (p, b, sd) in enumerate(zip(prompt_ids, budgets, seeds))}
         samples = [None] * len(prompt_ids)
         while any(s is None for s in samples):
             if not self.busy() and not self._finished:

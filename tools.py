@@ -45,7 +45,7 @@ class ToolEngine(Engine):
         return getattr(self.engine, name)
 
     def generate_ids(self, prompt_ids: list, max_new_tokens, temperature: float = 1.0, seed: int | None = None,
-                     seeds: list | None = None, stop: list | None = None) -> list:
+                     seeds: list | None = None, stop: list | None = None, top_p: float = 1.0) -> list:
         """One tool-integrated response per prompt (token ids); Sample.mask marks the tool output. `stop` is
         the tool protocol's own (</code>)."""
         if stop:
@@ -57,7 +57,8 @@ class ToolEngine(Engine):
             out = self.engine.generate_ids(
                 [rs[i].prompt + rs[i].ids for i in live], [rs[i].left() for i in live], temperature,
                 seed=None if seed is None else seed + 7919 * turn,
-                seeds=None if seeds is None else [seeds[i] + 1_000_003 * turn for i in live], stop=STOP)
+                seeds=None if seeds is None else [seeds[i] + 1_000_003 * turn for i in live], stop=STOP,
+                top_p=top_p)
             calls = [(i, code) for i, o in zip(live, out)
                      if (code := rs[i].add_turn(o, self.tok, self.max_turns)) is not None]
             t0 = time.time()

@@ -4,13 +4,16 @@
     python bench/vs_trl.py                   # 3 seeds x (TRL GRPO, our GRPO, our SPO), ~45 min on 2 cores
     python bench/vs_trl.py --seeds 1 --steps 2 --n-eval 4    # smoke run
     python bench/vs_trl.py --eval-every 8    # ... and held-out every 8 steps: each arm's curve, not only its end
+    python bench/vs_trl.py --eval-temperature 1 --eval-top-p 1 --out bench/results/vs_trl   # the T = 1 record
 
 Same task (the embedded pool and held-out set of each seed), model (SmolLM2-135M-Instruct, fp32), LoRA
 (r 16, alpha 32, the 7 projections), learning rate 2e-4 (constant), 16 responses per step with 2 optimizer
 updates, T = 1, the same new-token budget, the same chat prompt and the same reward function, --steps
 steps. TRL runs with its defaults otherwise (its own loss, epsilon 0.2, no KL), a constant learning rate
 and no gradient checkpointing (the faster and better of the two TRL settings measured). Every arm is
-evaluated by one function, data.evaluate: held-out avg@k at T = 1 and greedy accuracy.
+evaluated by one function, data.evaluate: held-out avg@k at --eval-temperature / --eval-top-p (default:
+train.py's, the paper's 0.6 / 0.95) and greedy accuracy. Each row records that protocol, and a report covers
+only the rows of the protocol asked for (bench/results/vs_trl holds the T = 1 / top-p 1 record).
 
 Prints, per seed and arm, held-out (sampled and greedy) at the start and the end and seconds per step
 (the training loop only: SPO's offline init and all evaluations excluded, reported separately), then
@@ -58,7 +61,8 @@ def ours(arm: str, seed: int, a, out: str) -> dict:
     import train as T
     name, extra = OURS[arm]
     cfg = T.Config(seed=seed, steps=a.steps, eval_every=a.eval_every, n_eval=a.n_eval, save_every=0,
-                   overwrite=True, output_dir=os.path.join(out, f"{name}-s{seed}"), **extra)
+                   eval_temperature=a.eval_temperature, eval_top_p=a.eval_top_p, overwrite=True,
+                   output_dir=os.path.join(out, f"{name}-s{seed}"), **extra)
     t = time.time()
     res = T.train(cfg)
     step_s = [m["time/step"] for m in res["history"]]
@@ -75,7 +79,7 @@ def trl(seed: int, a, out: str) -> dict:
     import train as T
     from data import RewardFn, format_tasks, read_tasks, system_message
     from rollout import HFEngine, LoraArgs, load_policy
-    cfg = T.Config(seed=seed, n_eval=a.n_eval)
+    cfg = T.Config(seed=seed, n_eval=a.n_eval, eval_temperature=a.eval_temperature, eval_top_p=a.eval_top_p)
     torch.manual_seed(seed)
     model, tok, _ = load_policy(lora=LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
     train, held, fmt = format_tasks(cfg, tok, *read_tasks(cfg))     # train.py's tasks and chat prompts
@@ -129,6 +133,8 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="default: train.py's default --steps")
     p.add_argument("--n-eval", type=int, default=32)
     p.add_argument("--eval-every", type=int, default=0, help="held-out every N steps too (default: start and end)")
+    p.add_argument("--eval-temperature", type=float, default=None, help="default: train.py's --eval-temperature")
+    p.add_argument("--eval-top-p", type=float, default=None, help="default: train.py's --eval-top-p")
     p.add_argument("--out", default="bench/results/vs_trl")
     p.add_argument("--arm", default=None, help=argparse.SUPPRESS)       # child process: one arm, one seed
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -138,6 +144,9 @@ def main():
             p.error(f"--arms {arm!r}: not an arm; choose from " + " | ".join(repr(x) for x in ARMS))
     import train as T
     a.steps = a.steps or T.Config().steps
+    a.eval_temperature = T.Config().eval_temperature if a.eval_temperature is None else a.eval_temperature
+    a.eval_top_p = T.Config().eval_top_p if a.eval_top_p is None else a.eval_top_p
+    protocol = [a.eval_temperature, a.eval_top_p]
     runs_dir = "/tmp/spo-vs-trl"
     if a.arm:                                # one arm in a fresh process: no state leaks between arms
         res = trl(a.seed, a, runs_dir) if a.arm.startswith("TRL") else ours(a.arm, a.seed, a, runs_dir)
@@ -149,25 +158,28 @@ def main():
         os.remove(log)                       # a fresh record; --first-seed N adds to it
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         for arm in a.arms or DEFAULT_ARMS:
-            row = {"arm": arm, "seed": seed, "steps": a.steps, "n_eval": a.n_eval,
+            row = {"arm": arm, "seed": seed, "steps": a.steps, "n_eval": a.n_eval, "eval": protocol,
                    **run_child(__file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--n-eval", a.n_eval,
-                                 "--eval-every", a.eval_every)}
+                                 "--eval-every", a.eval_every, "--eval-temperature", a.eval_temperature,
+                                 "--eval-top-p", a.eval_top_p)}
             with open(log, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{arm:18s} seed {seed}: avg@4 {row['start']['eval/avg@4']:.3f} -> {row['end']['eval/avg@4']:.3f}  "
                   f"greedy {row['start']['eval/greedy']:.3f} -> {row['end']['eval/greedy']:.3f}  "
                   f"{row['s_per_step']:.1f} s/step", flush=True)
     with open(log) as f:
-        rows = [r for r in map(json.loads, f) if r["steps"] == a.steps and r.get("n_eval", 32) == a.n_eval]
-    print(report(rows, a.steps, a.n_eval))
+        rows = [r for r in map(json.loads, f) if r["steps"] == a.steps and r.get("n_eval", 32) == a.n_eval
+                and r.get("eval", [1.0, 1.0]) == protocol]     # rows before the field: T = 1, top-p 1
+    print(report(rows, a.steps, a.n_eval, protocol))
     with open(os.path.join(a.out, "vs_trl.md"), "w") as f:
-        f.write(f"`python bench/vs_trl.py {shlex.join(sys.argv[1:])}`\n" + report(rows, a.steps, a.n_eval))
+        f.write(f"`python bench/vs_trl.py {shlex.join(sys.argv[1:])}`\n" + report(rows, a.steps, a.n_eval, protocol))
 
 
-def report(rows: list, steps: int, n_eval: int) -> str:
+def report(rows: list, steps: int, n_eval: int, protocol: list) -> str:
     get = {(r["arm"], r["seed"]): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
-    out = [f"\n{steps} steps x 16 responses, held-out {n_eval} problems (avg@4 at T = 1 | greedy), per seed\n",
+    out = [f"\n{steps} steps x 16 responses, held-out {n_eval} problems (avg@4 at T = {protocol[0]:g}, top-p "
+           f"{protocol[1]:g} | greedy), per seed\n",
            "| arm | median start avg@4 / greedy | end avg@4 per seed | end greedy per seed | median end avg@4 / greedy "
            "| s/step |", "|---|---|---|---|---|---|"]
     for arm in ARMS:

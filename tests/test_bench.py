@@ -60,8 +60,8 @@ def test_vs_trl_pairs_each_spo_arm_with_each_peer_by_seed():
     for seed, (a20, g20) in enumerate([(0.5, 0.5), (0.75, 1.0)]):   # --eval-every 20: TRL's curve on both seeds
         r = rows[seed]
         r["curve"] = [{"step": 0, **r["start"]}, {"step": 20, "eval/avg@4": a20, "eval/greedy": g20}, {"step": 40, **r["end"]}]
-    out = report(rows, 40, 32)
-    assert "40 steps x 16 responses, held-out 32 problems" in out
+    out = report(rows, 40, 32, [0.6, 0.95])
+    assert "40 steps x 16 responses, held-out 32 problems (avg@4 at T = 0.6, top-p 0.95 | greedy)" in out
     # diffs +0.125, -0.125: mean 0, s.e. = stdev 0.1768 / sqrt 2 = 0.125
     assert ("our SPO (default) - TRL GRPO 4x4, eval/avg@4, paired by seed: +0.000 +/- 0.125 "
             "(s.e., 2 seeds; SPO ahead in 1, tied in 0)") in out

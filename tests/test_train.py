@@ -39,6 +39,7 @@ def test_bad_flags_fail_before_any_model_loads(tmp_path):
                       (["--algo", "ppo"], "--algo must be spo, grpo or segment"),
                       (["--num-minibatches", "3"], "--num-minibatches 3 must divide"),
                       (["--lr-scheduler-type", "step"], "--lr-scheduler-type must be constant, linear or cosine"),
+                      (["--eval-top-p", "0"], "0 < --eval-top-p <= 1"),
                       (["--resume", str(tmp_path / "nothing")], "--resume .*nothing: no such file"),
                       (["--eval-only", str(tmp_path), "--dataset", "mine.jsonl"],   # nothing to evaluate on
                        "--eval-only needs a held-out set: pass --eval-dataset")]:
@@ -259,7 +260,8 @@ def test_loop_matches_recorded_reference(tmp_path):
 
 def test_greedy_eval_is_the_temperature_zero_answer(policy):
     """eval/greedy is one T = 0 answer per problem: with sampled evaluation also at T = 0, every one of the
-    k samples is that answer, so avg@k, pass@k and maj@k all equal it; at T = 1 they differ from it."""
+    k samples is that answer, so avg@k, pass@k and maj@k all equal it; at T = 1 they differ from it, and at
+    T = 1 with a nucleus of one token they are it again."""
     from data import chat_prompt, embedded_tasks
     from rollout import HFEngine
     model, tok, _ = policy
@@ -269,8 +271,13 @@ def test_greedy_eval_is_the_temperature_zero_answer(policy):
     cold = T.evaluate(T.Config(eval_k=2, eval_temperature=0.0, max_completion_length=12), engine, held, fmt)
     assert 0 < cold["eval/greedy"] < 1
     assert cold["eval/avg@2"] == cold["eval/pass@2"] == cold["eval/maj@2"] == cold["eval/greedy"]
-    hot = T.evaluate(T.Config(eval_k=2, max_completion_length=12), engine, held, fmt)
+    hot = T.evaluate(T.Config(eval_k=2, eval_temperature=1.0, eval_top_p=1.0, max_completion_length=12), engine,
+                     held, fmt)
     assert hot["eval/greedy"] == cold["eval/greedy"] and hot["eval/avg@2"] != hot["eval/greedy"]
+    # --eval-top-p reaches the sampler: at T = 1 a nucleus of one token (top-p -> 0 keeps the likeliest) is greedy
+    nucleus = T.evaluate(T.Config(eval_k=2, eval_temperature=1.0, eval_top_p=1e-6, max_completion_length=12),
+                         engine, held, fmt)
+    assert nucleus == cold
 
 
 def test_bad_data_is_one_line_before_anything_is_touched(tmp_path):

@@ -33,6 +33,9 @@ def test_vllm_engine_hot_swaps_the_adapter(policy, prompts):
         stats = check_sync(model, after, tok.pad_token_id, 1.0)
         assert stats["mean"] < SYNC_TOLERANCE / 10, stats
         assert engine.llm.llm_engine.list_loras() == {2}   # the previous version was evicted
+        # top_p reaches vLLM's sampler: a nucleus of one token (top-p -> 0 keeps the likeliest) at T = 1 is greedy
+        nucleus = engine.generate(prompts, max_new_tokens=12, temperature=1.0, seed=0, top_p=1e-6)
+        assert [s.completion_ids for s in nucleus] == [s.completion_ids for s in engine.generate(prompts, 12, 0.0)]
     finally:
         _perturb_adapter(model, std=0)
         engine.close()

@@ -190,10 +190,10 @@ class Config:
     """held-out evaluation every N steps (and at start and end); 0 = only start and end"""
     eval_k: int = 4
     """samples per held-out problem (avg@k, pass@k, maj@k)"""
-    eval_temperature: float = 1.0
-    """sampling temperature of the held-out evaluation, 0 = greedy (the paper: 0.6 with k = 32)"""
-    eval_top_p: float = 1.0
-    """nucleus (top-p) of the held-out sampling (the paper: 0.95); training always samples with top-p 1"""
+    eval_temperature: float = 0.6
+    """sampling temperature of the held-out evaluation, the paper's (App. D: 0.6 with k = 32); 0 = greedy"""
+    eval_top_p: float = 0.95
+    """nucleus (top-p) of the held-out sampling, the paper's; training always samples with T 1, top-p 1"""
     output_dir: str = "runs/spo"
     """where metrics.jsonl, checkpoints, the adapter and the plot go"""
     save_every: int = 10

@@ -9,7 +9,8 @@ The problems are --n-probe more draws from the same generator as the run's pool 
 (data.embedded_tasks with the run's seed and --n-train), so none is a training prompt and the first
 --n-eval of them are the run's held-out set. A problem's fact is its operation and operands (sums
 unordered): "What is 3 + 9?", "What is 9 + 3?" and "Tom has 3 coins and gets 9 more..." share one.
-Prints held-out avg@k (T = 1) and greedy accuracy (T = 0) per level and in all, for facts in the pool
+Prints held-out avg@k (at train.py's --eval-temperature / --eval-top-p unless given; the README's table
+was measured at T = 1, top-p 1) and greedy accuracy (T = 0) per level and in all, for facts in the pool
 and new facts, each scored by data.evaluate. Run it alone: two torch processes slow each other ~10x.
 """
 import argparse
@@ -36,13 +37,16 @@ def main():
     p.add_argument("--n-train", type=int, default=None, help="the run's --n-train (default: train.py's)")
     p.add_argument("--n-probe", type=int, default=200, help="problems to score beyond the pool")
     p.add_argument("--eval-k", type=int, default=4)
+    p.add_argument("--eval-temperature", type=float, default=None, help="default: train.py's")
+    p.add_argument("--eval-top-p", type=float, default=None, help="default: train.py's")
     a = p.parse_args()
 
     import torch
     import train as T
     from data import embedded_tasks, evaluate, format_tasks
     from dist import Dist
-    cfg = T.Config(seed=a.seed, eval_k=a.eval_k, **({"n_train": a.n_train} if a.n_train else {}))
+    given = {"n_train": a.n_train, "eval_temperature": a.eval_temperature, "eval_top_p": a.eval_top_p}
+    cfg = T.Config(seed=a.seed, eval_k=a.eval_k, **{k: v for k, v in given.items() if v is not None})
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(min(os.cpu_count() or 1, 8))
     pool, probe = embedded_tasks(cfg.n_train, a.n_probe, cfg.seed)
@@ -60,7 +64,8 @@ def main():
             scores[("all", in_pool)] = (n, {key: sum(m * r[key] for m, r in part) / n for key in part[0][1]})
     k = f"eval/avg@{a.eval_k}"
     print(f"adapter {a.adapter}, seed {cfg.seed}: {len(pool)} pool prompts, {len(probe)} other problems, "
-          f"avg@{a.eval_k} at T = {cfg.eval_temperature} / greedy; the run's held-out set (the first {cfg.n_eval}): "
+          f"avg@{a.eval_k} at T = {cfg.eval_temperature:g}, top-p {cfg.eval_top_p:g} / greedy; "
+          f"the run's held-out set (the first {cfg.n_eval}): "
           f"{sum(fact(t) in known for t in probe[:cfg.n_eval]) / cfg.n_eval:.3f} of its facts in the pool")
     print(f"| level | fact in the pool: n, avg@{a.eval_k}, greedy | new fact: n, avg@{a.eval_k}, greedy |")
     print("|---|---|---|")

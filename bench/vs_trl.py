@@ -1,7 +1,7 @@
 """The default SPO run against the peer a user would pick instead: TRL's GRPOTrainer, side by side.
 
     pip install trl==1.16.0                  # optional bench dependency (pip install -e ".[bench]")
-    python bench/vs_trl.py                   # 3 seeds x (TRL GRPO, our GRPO, our SPO), ~45 min on 2 cores
+    python bench/vs_trl.py                   # 3 seeds x (TRL GRPO, our GRPO, our SPO), ~75 min on 2 cores
     python bench/vs_trl.py --seeds 1 --steps 2 --n-eval 4    # smoke run
     python bench/vs_trl.py --eval-every 8    # ... and held-out every 8 steps: each arm's curve, not only its end
     python bench/vs_trl.py --eval-temperature 1 --eval-top-p 1 --out bench/results/vs_trl   # the T = 1 record
@@ -13,7 +13,8 @@ steps. TRL runs with its defaults otherwise (its own loss, epsilon 0.2, no KL), 
 and no gradient checkpointing (the faster and better of the two TRL settings measured). Every arm is
 evaluated by one function, data.evaluate: held-out avg@k at --eval-temperature / --eval-top-p (default:
 train.py's, the paper's 0.6 / 0.95) and greedy accuracy. Each row records that protocol, and a report covers
-only the rows of the protocol asked for (bench/results/vs_trl holds the T = 1 / top-p 1 record).
+only the rows of the protocol asked for: bench/results/vs_trl_paper_eval (the default --out) holds the
+paper's protocol, bench/results/vs_trl the T = 1 / top-p 1 record.
 
 Prints, per seed and arm, held-out (sampled and greedy) at the start and the end and seconds per step
 (the training loop only: SPO's offline init and all evaluations excluded, reported separately), then
@@ -135,7 +136,7 @@ def main():
     p.add_argument("--eval-every", type=int, default=0, help="held-out every N steps too (default: start and end)")
     p.add_argument("--eval-temperature", type=float, default=None, help="default: train.py's --eval-temperature")
     p.add_argument("--eval-top-p", type=float, default=None, help="default: train.py's --eval-top-p")
-    p.add_argument("--out", default="bench/results/vs_trl")
+    p.add_argument("--out", default="bench/results/vs_trl_paper_eval")
     p.add_argument("--arm", default=None, help=argparse.SUPPRESS)       # child process: one arm, one seed
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -155,7 +156,10 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     log = os.path.join(a.out, "runs.jsonl")
     if a.first_seed == 0 and not a.arms and os.path.exists(log):
-        os.remove(log)                       # a fresh record; --first-seed N adds to it
+        with open(log) as f:                 # a fresh record of this protocol (--first-seed N adds to it); others stay
+            kept = [x for x in f if json.loads(x).get("eval", [1.0, 1.0]) != protocol]
+        with open(log, "w") as f:
+            f.writelines(kept)
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         for arm in a.arms or DEFAULT_ARMS:
             row = {"arm": arm, "seed": seed, "steps": a.steps, "n_eval": a.n_eval, "eval": protocol,

@@ -52,6 +52,11 @@ DEFAULT_ARMS = [*PEERS, SPO_DEFAULT]         # the ablation arms run only when n
 ABLATIONS = [x for x in OURS if x not in DEFAULT_ARMS]
 
 
+def protocol_of(row: dict) -> list:
+    """A recorded row's evaluation [temperature, top-p]; rows recorded before the field are T = 1, top-p 1."""
+    return row.get("eval", [1.0, 1.0])
+
+
 def pool(arm: str) -> int:
     """The arm's --n-train: the embedded held-out set follows the pool, so only arms with one pool pair."""
     import train as T
@@ -157,7 +162,7 @@ def main():
     log = os.path.join(a.out, "runs.jsonl")
     if a.first_seed == 0 and not a.arms and os.path.exists(log):
         with open(log) as f:                 # a fresh record of this protocol (--first-seed N adds to it); others stay
-            kept = [x for x in f if json.loads(x).get("eval", [1.0, 1.0]) != protocol]
+            kept = [x for x in f if protocol_of(json.loads(x)) != protocol]
         with open(log, "w") as f:
             f.writelines(kept)
     for seed in range(a.first_seed, a.first_seed + a.seeds):
@@ -173,7 +178,7 @@ def main():
                   f"{row['s_per_step']:.1f} s/step", flush=True)
     with open(log) as f:
         rows = [r for r in map(json.loads, f) if r["steps"] == a.steps and r.get("n_eval", 32) == a.n_eval
-                and r.get("eval", [1.0, 1.0]) == protocol]     # rows before the field: T = 1, top-p 1
+                and protocol_of(r) == protocol]
     print(report(rows, a.steps, a.n_eval, protocol))
     with open(os.path.join(a.out, "vs_trl.md"), "w") as f:
         f.write(f"`python bench/vs_trl.py {shlex.join(sys.argv[1:])}`\n" + report(rows, a.steps, a.n_eval, protocol))

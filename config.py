@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from rollout import EMBEDDED_MODEL
+from models import EMBEDDED_MODEL
 
 # the --dataset names whose tasks are generated here (pool and held-out set from --n-train / --n-eval)
 EMBEDDED_DATASETS = ("embedded", "embedded-tools")
@@ -27,7 +27,8 @@ class Config:
     model: str = EMBEDDED_MODEL
     """hub id or local folder of the policy; default: the embedded SmolLM2-135M-Instruct (offline)"""
     dataset: str = "embedded"
-    """'embedded' (procedural arithmetic), 'embedded-tools' (products and sums for --tools python), a preset (dapo, gsm8k, math), a .jsonl/.parquet/.csv file, or a hub id"""
+    """'embedded' (procedural arithmetic), 'embedded-tools' (products and sums for --tools python), a preset
+    (dapo, gsm8k, math, aime24, aime25), a .jsonl/.json/.parquet/.csv file, or a hub id"""
     prompt_field: str | None = None
     """dataset column holding the problem (default: the preset's, else 'prompt')"""
     answer_field: str | None = None
@@ -37,18 +38,18 @@ class Config:
     embedded: a disjoint generated set"""
     n_train: int = 32
     """embedded: training pool size (prompts must recur for a per-prompt tracker: 32 prompts at batch 16 come
-    back every ~2 steps; README)"""
+    back every ~2 steps)"""
     n_eval: int = 32
     """embedded: held-out problems; other datasets: cap on eval problems"""
     system_prompt: str | None = "auto"
     """system message for the chat template; None: the template's default; 'auto': the embedded task's
-    short one (data.EMBEDDED_SYSTEM_PROMPT, 11 tokens fewer than SmolLM2's default) for --dataset embedded,
+    short one (tasks.EMBEDDED_SYSTEM_PROMPT, fewer tokens than SmolLM2's default) for the embedded datasets,
     else the template's default"""
     enable_thinking: bool | None = None
     """Qwen3 chat templates: thinking on/off (None: template default)"""
     format_gate: bool = False
     """the official reward gate: 0 unless the response has exactly one </think> (thinking models)"""
-    # --- algorithm
+    # --- algorithm (Eq. 8-10)
     algo: str = "spo"
     """'spo' (one response per prompt, tracker baseline), 'grpo' (group_size responses, group baseline), or
     'segment' (Segment Policy Optimization, the other "SPO": per-segment Monte Carlo advantages, segment.py)"""
@@ -68,13 +69,14 @@ class Config:
     """dual-clip constant for negative advantages (verl clip_ratio_c); None disables"""
     loss_variant: str = "ppo"
     """'ppo', 'gspo' or 'sapo' (spo.policy_loss)"""
+    # --- tracker and sampler (Eq. 5-6, 11)
     offline_samples: int = 4
     """n0 samples per prompt with the initial policy to initialise the tracker (Eq. 6; the paper: 8); 0 = prior"""
     offline_values: str | None = None
     """JSON {prompt: [rewards]} from an earlier --offline-samples run (official format); skips sampling"""
     rho_min: float = 0.875
-    """tracker forgetting factor lower bound, window 1 / (1 - rho_min) = 8 visits (the paper's; a shorter
-    window, 0.5-0.8, tracks the fast LoRA policy better but ended lower on held-out over 12 seeds, README)"""
+    """tracker forgetting factor lower bound, window 1 / (1 - rho_min) = 8 visits (the paper's, App. D; a
+    shorter window: docs/results.md, "The tracker window")"""
     rho_max: float = 0.96
     """tracker forgetting factor upper bound, window 1 / (1 - rho_max) = 25 visits (the paper's)"""
     d_half: float = 0.06
@@ -88,31 +90,14 @@ class Config:
     --old-logprobs engine the stored scores are the engine's, so its gap to the trainer, sync/mean, adds to D)"""
     sampling_epsilon: float = 0.05
     """exploration floor of the prompt weights (Eq. 11)"""
+    # --- ablations
     uniform_sampling: bool = False
     """ablation: draw SPO prompts as GRPO does (shuffled epochs, each prompt once per pass) instead of by Eq. 11"""
     no_baseline: bool = False
     """ablation: A = r (v_hat = 0), still batch-normalised"""
     zero_if_rewards_agree: bool = False
     """not the paper's, a diagnostic: a batch whose rewards all agree gets advantage 0 (as GRPO's degenerate
-    group) instead of Eq. 9's normalised tracker differences; it did not stop the held-out loss once the
-    pool is solved (README, "Past the pool's saturation")"""
-    # --- Segment Policy Optimization (--algo segment; Guo et al. 2025, segment.py)
-    segment_partition: str = "cutpoint"
-    """'cutpoint' (a boundary every --segment-interval low-probability tokens: the paper's short-CoT choice)
-    or 'fixed' (every --segment-size tokens)"""
-    cutpoint_threshold: float = 0.9
-    """a response token whose sampling probability is below this is a cutpoint"""
-    segment_interval: int = 5
-    """cutpoints per segment (the paper's int5)"""
-    segment_size: int = 8
-    """tokens per segment with --segment-partition fixed"""
-    mc_rollouts: int = 4
-    """continuations sampled from each segment boundary to estimate V there (Monte Carlo)"""
-    segment_all_tokens: bool = False
-    """put a segment's advantage on all its tokens instead of its cutpoints only (the probability mask)"""
-    token_budget: int = 0
-    """stop when the run has generated this many tokens (responses and MC continuations; not the offline
-    init or evaluations): arms compared at equal generation; 0 = off"""
+    group) instead of Eq. 9's normalised tracker differences"""
     # --- generation
     engine: str = "auto"
     """'hf', 'vllm', or 'auto' (vLLM on CUDA when installed, HF on the CPU where it is faster with LoRA)"""
@@ -122,22 +107,6 @@ class Config:
     """longer prompts are dropped at load, counted and reported"""
     max_completion_length: int = 16
     """new tokens per response (HF generate runs every batch to its longest response)"""
-    gpu_memory_utilization: float = 0.3
-    """vLLM's share of GPU memory (CUDA)"""
-    # --- tools (tool-integrated reasoning, tools.py + sandbox.py)
-    tools: str = "none"
-    """'none' (single-turn responses) or 'python': the response may write <code>```python ...```</code>; it runs
-    in the sandbox and its output comes back inside the response as <interpreter>...</interpreter>"""
-    max_tool_turns: int = 8
-    """generation turns per response (the official max_assistant_turns)"""
-    max_tool_response_length: int = 256
-    """characters of tool output the model reads back (middle-truncated, as verl)"""
-    tool_timeout: float = 10.0
-    """wall-clock seconds per tool call"""
-    sandbox_workers: int = 4
-    """tool calls run at once"""
-    sandbox_url: str | None = None
-    """a SandboxFusion server's /run_code URL (the official recipe's sandbox) instead of local processes"""
     old_logprobs: str = "engine"
     """pi_old of the PPO ratio: 'engine' (the sampling log-probs the engine returned; no extra forward pass,
     and the first mini-batch then checks engine against trainer every step for free) or 'trainer'
@@ -145,21 +114,11 @@ class Config:
     e.g. bf16 vLLM on a GPU)"""
     sync_check_every: int = 10
     """compare engine and trainer log-probs every N steps (and after the first swap); 0 = never"""
-    # --- collection (collector.py)
-    collect: str = "lockstep"
-    """'lockstep' (each step generates its batch and waits for the longest response) or 'continuous'
-    (--engine vllm: trajectories stay in flight across steps; a batch is the first B to finish, GRPO: the
-    first B/G complete groups; the others are carried into later batches)"""
-    oversample: float = 1.5
-    """continuous: trajectories kept in flight, as a multiple of the batch"""
-    max_staleness: int = 4
-    """continuous: drop trajectories whose adapter is more than this many optimizer steps old (counted)"""
-    tis_cap: float = 2.0
-    """continuous with --old-logprobs trainer: cap C of the truncated importance weight min(pi_old / pi_behaviour, C)
-    on each token's loss (spo.tis_weights); with --old-logprobs engine pi_old is pi_behaviour itself"""
+    gpu_memory_utilization: float = 0.3
+    """vLLM's share of GPU memory (CUDA)"""
     # --- optimisation
     learning_rate: float = 2e-4
-    """AdamW learning rate (LoRA needs ~100x the paper's full-parameter 1e-6)"""
+    """AdamW learning rate (LoRA takes far more than the paper's full-parameter 1e-6; the paper profile: 1e-5)"""
     lr_scheduler_type: str = "constant"
     """'constant' (the paper), 'linear' or 'cosine': decay from --learning-rate towards 0 over --steps (TRL's
     names; no warmup). The rate is a function of the step, so a resumed run follows the same curve; resuming
@@ -207,7 +166,50 @@ class Config:
     """evaluate this adapter folder on the held-out set and exit"""
     max_bad_steps: int = 3
     """stop after this many consecutive non-finite losses"""
-    # --- many processes (torchrun --nproc_per_node N train.py ...)
+    token_budget: int = 0
+    """stop when the run has generated this many tokens (responses and MC continuations; not the offline
+    init or evaluations): arms compared at equal generation; 0 = off"""
+    # --- extension: tools (--tools python; tools.py, sandbox.py)
+    tools: str = "none"
+    """'none' (single-turn responses) or 'python': the response may write <code>```python ...```</code>; it runs
+    in the sandbox and its output comes back inside the response as <interpreter>...</interpreter>"""
+    max_tool_turns: int = 8
+    """generation turns per response (the official max_assistant_turns)"""
+    max_tool_response_length: int = 256
+    """characters of tool output the model reads back (middle-truncated, as verl)"""
+    tool_timeout: float = 10.0
+    """wall-clock seconds per tool call"""
+    sandbox_workers: int = 4
+    """tool calls run at once"""
+    sandbox_url: str | None = None
+    """a SandboxFusion server's /run_code URL (the official recipe's sandbox) instead of local processes"""
+    # --- extension: continuous collection (--collect continuous; continuous.py, collector.py)
+    collect: str = "lockstep"
+    """'lockstep' (each step generates its batch and waits for the longest response) or 'continuous'
+    (--engine vllm: trajectories stay in flight across steps; a batch is the first B to finish, GRPO: the
+    first B/G complete groups; the others are carried into later batches)"""
+    oversample: float = 1.5
+    """continuous: trajectories kept in flight, as a multiple of the batch"""
+    max_staleness: int = 4
+    """continuous: drop trajectories whose adapter is more than this many optimizer steps old (counted)"""
+    tis_cap: float = 2.0
+    """continuous with --old-logprobs trainer: cap C of the truncated importance weight min(pi_old / pi_behaviour, C)
+    on each token's loss (spo.tis_weights); with --old-logprobs engine pi_old is pi_behaviour itself"""
+    # --- extension: Segment Policy Optimization (--algo segment; segment_po.py, segment.py)
+    segment_partition: str = "cutpoint"
+    """'cutpoint' (a boundary every --segment-interval low-probability tokens: the paper's short-CoT choice)
+    or 'fixed' (every --segment-size tokens)"""
+    cutpoint_threshold: float = 0.9
+    """a response token whose sampling probability is below this is a cutpoint"""
+    segment_interval: int = 5
+    """cutpoints per segment (the paper's int5)"""
+    segment_size: int = 8
+    """tokens per segment with --segment-partition fixed"""
+    mc_rollouts: int = 4
+    """continuations sampled from each segment boundary to estimate V there (Monte Carlo)"""
+    segment_all_tokens: bool = False
+    """put a segment's advantage on all its tokens instead of its cutpoints only (the probability mask)"""
+    # --- many processes (torchrun --nproc_per_node N train.py ...; dist.py)
     deterministic_generation: bool = False
     """HF engine: sample each prompt alone from its own seed, so results do not depend on batching or on
     the number of ranks (slower; vLLM always seeds per request)"""
@@ -217,29 +219,29 @@ class Config:
     """seconds a collective waits for a missing rank before the job fails"""
 
 
-# `python train.py --model Qwen/Qwen3-8B` on a GPU: the paper's run (spec §2.1) on one GPU with QLoRA.
+# `python train.py --model Qwen/Qwen3-8B` on a GPU: the paper's run (App. D, E; the released train.sh) on one GPU
+# with QLoRA: only the fields that differ from the CPU defaults above.
 # Applied by the CLI to every field not given on the command line; the resolved config is printed and saved.
 PAPER_PROFILE = dict(
-    dataset="dapo", eval_dataset="aime24", load_in_4bit=True, engine="vllm", enable_thinking=True, format_gate=True,
+    dataset="dapo", eval_dataset="aime24", n_eval=30, eval_k=16, eval_every=10,   # DAPO-Math-17k; AIME24 avg@16
+    load_in_4bit=True, lora_r=32, lora_alpha=64, learning_rate=1e-5,              # QLoRA (LoRA needs ~10x 1e-6)
+    engine="vllm", gpu_memory_utilization=0.35, old_logprobs="trainer",          # bf16 vLLM's log-probs are not pi_old
+    enable_thinking=True, format_gate=True,                                      # Qwen3 thinking, the official gate
     batch_size=256, num_minibatches=4,          # the paper's ablation setting (App. E): 256 pairs, 4 updates
-    max_prompt_length=2048, max_completion_length=8192,    # the released script's lengths
-    offline_samples=8, temperature=1.0, epsilon=0.2, epsilon_high=0.28, rho_min=0.875, rho_max=0.96,
-    learning_rate=1e-5,                         # paper: 1e-6 full fine-tuning; LoRA needs ~10x more
-    lora_r=32, lora_alpha=64, micro_batch_size=1, steps=500,
-    eval_every=10, eval_k=16, eval_temperature=0.6, eval_top_p=0.95, n_eval=30, save_every=10,
-    gpu_memory_utilization=0.35, old_logprobs="trainer", drift_at="update",
-    tools="python", max_tool_turns=8, max_tool_response_length=256,   # ReTool (spec §2.4), sandbox timeout 30 s
-    tool_timeout=30.0, sandbox_workers=8,
+    max_prompt_length=2048, max_completion_length=8192, micro_batch_size=1,    # the released script's lengths
+    offline_samples=8, steps=500, drift_at="update",                           # n0 = 8; D as the official code
+    tools="python", tool_timeout=30.0, sandbox_workers=8,                      # ReTool, the official sandbox timeout
 )
 
 
-def apply_profile(cfg: Config, argv: list) -> Config:
+def apply_profile(cfg: Config, argv: list, say=None) -> Config:
     """Fill PAPER_PROFILE into the fields the command line did not set, when the profile says so.
 
     With --resume the saved run's config.json is the base instead, so `--resume DIR` alone continues
     the same run, and flags given beside it (e.g. a larger --steps) override it. The run continues in
     DIR itself, not in the output_dir DIR's config names (a moved or copied run folder must not write
     into the folder it came from); --output-dir beside --resume continues it into another folder.
+    `say` (print) is told which fields the profile changed.
     """
     given = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
     saved = os.path.join(cfg.resume or "", "config.json")
@@ -253,11 +255,14 @@ def apply_profile(cfg: Config, argv: list) -> Config:
     profile = cfg.profile if cfg.profile != "auto" else ("cpu" if cfg.model == EMBEDDED_MODEL else "paper")
     if profile not in ("cpu", "paper"):
         raise ConfigError(f"--profile must be auto, cpu or paper, got {cfg.profile!r}")
-    if profile == "paper":
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in PAPER_PROFILE.items() if k not in given})
-    if cfg.load_in_4bit and "old_logprobs" not in given:     # see validate
-        cfg = dataclasses.replace(cfg, old_logprobs="trainer")
-    return dataclasses.replace(cfg, profile=profile)
+    changed = {k: v for k, v in PAPER_PROFILE.items() if k not in given} if profile == "paper" else {}
+    if (cfg.load_in_4bit or changed.get("load_in_4bit")) and "old_logprobs" not in given:   # see validate
+        changed["old_logprobs"] = "trainer"
+    changed = {k: v for k, v in changed.items() if getattr(cfg, k) != v}
+    if say and changed:
+        say(f"profile {profile}: {len(changed)} fields set (give a flag to override one): "
+            + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    return dataclasses.replace(cfg, profile=profile, **changed)
 
 
 class ConfigError(ValueError):
@@ -284,8 +289,7 @@ def validate(cfg: Config) -> None:
     need(cfg.batch_size > 0 and cfg.steps >= 0, "--batch-size must be > 0 and --steps >= 0")
     need(not (cfg.load_in_4bit and cfg.old_logprobs == "engine"),
          "--load-in-4bit needs --old-logprobs trainer: NF4 decoding and the trainer's full forward use different "
-         "kernels (measured mean |delta log p| 0.04 on CUDA, 0.011 on the CPU), so the sampling log-probs are not "
-         "pi_old")
+         "kernels, so the sampling log-probs are not pi_old")
     if cfg.algo == "grpo":
         need(cfg.group_size >= 2 and cfg.batch_size % cfg.group_size == 0,
              f"--group-size {cfg.group_size} must be >= 2 and divide --batch-size {cfg.batch_size}")

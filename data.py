@@ -1,20 +1,12 @@
-"""Tasks, datasets and answer checking: what the policy is asked and how its answer is scored.
+"""Datasets: local files and hub sets read into Tasks, every row checked before anything else runs.
 
-- `embedded_tasks`  the default task family, generated procedurally with exact answers: arithmetic
-                    and short word problems in graded levels, deterministic by seed, split into a
-                    training pool and a held-out set. `python train.py` learns this, offline.
-- `load_tasks`      a local JSONL / Parquet / CSV file or a hub dataset via `datasets`, with presets
-                    for DAPO-Math-17k (the paper's data), GSM8K and MATH. Every row is checked: a
-                    problem in a local file is a DataError naming FILE:LINE (duplicate prompts too:
-                    the value tracker keys on the prompt text); hub duplicates are dropped, warned.
-- `read_tasks`, `format_tasks`  what train.py's Config asks for: the tasks, checked before anything else
-                    runs (a bad file is a DataError naming FILE:LINE; so is a held-out file that shares
-                    prompts with the training data), and their chat-formatted prompts.
-- `chat_prompt`     the chat template applied to a task (system prompt, Qwen3 `enable_thinking`).
-- `extract_answer`, `is_correct`, `RewardFn`: binary correctness (paper §4, footnote 1). Strip any
-                    <think>...</think>, take the last \\boxed{} (else `####`, else the last number),
-                    verify with math-verify; a reward never crashes the run: errors give 0, counted.
-- `evaluate`        held-out avg@k / pass@k / maj@k and greedy accuracy of an engine (paper App. D).
+- `load_tasks`    a local JSONL / JSON / Parquet / CSV file or a hub dataset via `datasets`, with presets
+                  for DAPO-Math-17k (the paper's data), GSM8K, MATH and the AIME evaluation sets. A
+                  problem in a local file is a DataError naming FILE:LINE (duplicate prompts too: the value
+                  tracker keys on the prompt text); hub duplicates are dropped, warned.
+- `read_tasks`    what train.py's Config asks for, embedded or loaded: (train, held-out), checked; a held-out
+                  file that shares prompts with the training data is an error.
+- `format_tasks`  their chat-formatted prompts, over-long ones dropped and counted.
 """
 from __future__ import annotations
 
@@ -22,114 +14,14 @@ import csv
 import io
 import json
 import os
-import random
-import re
-import threading
 import warnings
 from dataclasses import dataclass
 
-# The paper's answer-format suffix (spec §2.3), appended to every math problem of the presets.
+from rewards import last_boxed
+from tasks import RETOOL_INSTRUCTION, Task, chat_prompt, embedded_tasks, embedded_tool_tasks, system_message
+
+# The paper's answer-format suffix (the released training script's), appended to every math problem of the presets.
 BOXED_SUFFIX = "\nThe answer format must be: \\boxed{'The final answer goes here.'}"
-
-
-@dataclass(frozen=True)
-class Task:
-    prompt: str   # the user message; also the value tracker's key, so it must be unique
-    answer: str   # the gold final answer
-    level: int = 0
-
-
-# ============================================================== the embedded task family
-
-# The embedded task's system message: shorter than SmolLM2's default ("You are a helpful AI assistant named
-# SmolLM, trained by Hugging Face"), so every forward pass sees 11 fewer prompt tokens (36 instead of 47).
-EMBEDDED_SYSTEM_PROMPT = "You are a calculator."
-
-_NAMES = ["Tom", "Ana", "Sam", "Mia", "Leo", "Zoe", "Ben", "Ivy"]
-_THINGS = ["apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles"]
-
-
-def _make(level: int, rng: random.Random) -> Task:
-    """One problem of a difficulty level: 1 one-digit sums, 2 one-digit differences, 3 sums of a
-    two-digit and a one-digit number, 4 one-step word problems, 5 three one-digit addends."""
-    a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
-    if level == 1:
-        q, x = f"What is {a} + {b}?", a + b
-    elif level == 2:
-        a, b = max(a, b), min(a, b)
-        q, x = f"What is {a} - {b}?", a - b
-    elif level == 3:
-        a = rng.randint(10, 49)
-        q, x = f"What is {a} + {b}?", a + b
-    elif level == 4:
-        who, what = rng.choice(_NAMES), rng.choice(_THINGS)
-        q, x = f"{who} has {a} {what} and gets {b} more. How many {what} does {who} have now?", a + b
-    elif level == 5:
-        q, x = f"What is {a} + {b} + {c}?", a + b + c
-    else:
-        raise ValueError(f"level must be 1..5, got {level}")
-    return Task(q + " Answer with just the number.", str(x), level)
-
-
-def embedded_tasks(n_train: int = 96, n_eval: int = 64, seed: int = 0,
-                   levels: tuple = (1, 1, 1, 2, 4), make=None) -> tuple[list[Task], list[Task]]:
-    """(train pool, held-out set) of distinct problems, levels drawn uniformly from `levels`.
-
-    The default mix is weighted to what SmolLM2-135M can learn in minutes on a CPU (measured per-prompt
-    success rates are in the README); pass e.g. levels=(3, 5) for a harder pool. The two sets never
-    share a prompt, and the same seed gives the same sets. `make(level, rng)` builds one problem
-    (default: this family's `_make`; `embedded_tool_tasks` passes its own).
-    """
-    rng, seen, tasks = random.Random(seed), set(), []
-    need, tries = n_train + n_eval, 0
-    while len(tasks) < need:
-        t = (make or _make)(rng.choice(levels), rng)
-        tries += 1
-        if tries > 100 * need:
-            raise ValueError(f"levels {levels} have fewer than {need} distinct problems; lower n_train/n_eval")
-        if t.prompt not in seen:
-            seen.add(t.prompt)
-            tasks.append(t)
-    return tasks[:n_train], tasks[n_train:]
-
-
-# The embedded tool task (--dataset embedded-tools): numbers SmolLM2-135M cannot multiply or add in its head,
-# one line of Python away. The instruction says how to call the tool (the official protocol, spec §2.4).
-TOOL_INSTRUCTION = ("\nUse Python: write <code>\n```python\nprint(...)\n```\n</code> and its output comes back "
-                    "in <interpreter>. Then give the answer as \\boxed{N}.")
-
-# The official ReTool instruction (verl recipe/spo agent_loop/spo_tool_agent_loop.py), put before every problem
-# when --tools python is on for any dataset but embedded-tools (the paper profile).
-RETOOL_INSTRUCTION = (
-    "Solve the following problem step by step. You now have the ability to selectively write executable Python "
-    "code to enhance your reasoning process. The Python code will be executed by an external sandbox, and the "
-    "output (wrapped in `<interpreter>output_str</interpreter>`) can be returned to aid your reasoning and help "
-    "you arrive at the final answer. The Python code should be complete scripts, including necessary imports. "
-    "Important: The sandbox is stateless and non-interactive; thus, prior imports, definitions, and state do not "
-    "persist between executions and cannot be referenced.\nEach code snippet is wrapped with "
-    "`<code>\n```python\ncode snippet\n```\n</code>`.\n*user question:*\n")
-
-
-def _make_tool(level: int, rng: random.Random) -> Task:
-    """1 a three-digit times a three-digit number, 2 a four-digit times a two-digit number, 3 the sum of four
-    three- and four-digit numbers."""
-    if level == 1:
-        a, b = rng.randint(101, 999), rng.randint(101, 999)
-        q, x = f"What is {a} * {b}?", a * b
-    elif level == 2:
-        a, b = rng.randint(1001, 9999), rng.randint(11, 99)
-        q, x = f"What is {a} * {b}?", a * b
-    elif level == 3:
-        xs = [rng.randint(100, 9999) for _ in range(4)]
-        q, x = f"What is {' + '.join(map(str, xs))}?", sum(xs)
-    else:
-        raise ValueError(f"level must be 1..3, got {level}")
-    return Task(q + TOOL_INSTRUCTION, str(x), level)
-
-
-def embedded_tool_tasks(n_train: int = 32, n_eval: int = 32, seed: int = 0) -> tuple[list[Task], list[Task]]:
-    """(train pool, held-out set) of the tool task: disjoint, exact answers, the same for the same seed."""
-    return embedded_tasks(n_train, n_eval, seed, levels=(1, 2, 3), make=_make_tool)
 
 
 # ============================================================== datasets
@@ -146,7 +38,7 @@ class Preset:
 
 
 PRESETS = {
-    # the paper's training data: English DAPO-Math-17k (spec §2.1)
+    # the paper's training data: English DAPO-Math-17k (App. D)
     "dapo": Preset("open-r1/DAPO-Math-17k-Processed", "en", "train", "prompt", "solution"),
     "gsm8k": Preset("openai/gsm8k", "main", "train", "question", "answer"),          # "... #### 42"
     "math": Preset("hendrycks/competition_math", None, "train", "problem", "solution"),  # \boxed{} inside
@@ -313,12 +205,6 @@ def read_tasks(cfg):
     return train, held
 
 
-def system_message(cfg) -> str | None:
-    """The chat system message --system-prompt asks for ('auto': the embedded task's instruction)."""
-    if cfg.system_prompt != "auto":
-        return cfg.system_prompt
-    return EMBEDDED_SYSTEM_PROMPT if cfg.dataset in ("embedded", "embedded-tools") else None
-
 
 def format_tasks(cfg, tok, train, held):
     """(train, held, chat-formatted prompt per task), over-long prompts dropped and counted."""
@@ -333,164 +219,3 @@ def format_tasks(cfg, tok, train, held):
     if len(train) < prompts:
         raise DataError(f"{len(train)} training prompts, fewer than the {prompts} a step needs (--batch-size)")
     return train, held, fmt
-
-
-def chat_prompt(tokenizer, prompt: str, system_prompt: str | None = None,
-                enable_thinking: bool | None = None) -> str:
-    """The prompt as the model sees it: chat template with the generation prompt appended.
-    `enable_thinking` is passed to templates that know it (Qwen3); None leaves the template default."""
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
-        [{"role": "user", "content": prompt}]
-    kw = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kw)
-
-
-# ============================================================== answers and rewards
-
-_THINK = re.compile(r"<think>.*?</think>", re.S)
-_INTERPRETER = re.compile(r"<interpreter>.*?(</interpreter>|$)", re.S)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None if there is none."""
-    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if i < 0:
-        return None
-    j = text.find("{", i)
-    if j < 0:
-        return None
-    depth = 0
-    for k in range(j, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[k], 0)
-        if depth == 0:
-            return text[j + 1:k].strip()
-    return None  # unbalanced: the response was cut off inside the box
-
-
-def extract_answer(text: str) -> str | None:
-    """The response's final answer: after stripping <think> blocks (and anything before a lone
-    </think>) and tool output (<interpreter> blocks: the model must state the answer itself), the last
-    \\boxed{}, else the text after the last '####', else the last number."""
-    text = _INTERPRETER.sub("", _THINK.sub("", text))
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    if "####" in text:
-        tail = text.rsplit("####", 1)[1].strip()
-        return tail.split("\n")[0].strip() or None
-    nums = _NUMBER.findall(text)
-    return nums[-1].replace(",", "") if nums else None
-
-
-def _normalise(s: str) -> str:
-    s = s.strip().strip("$").replace("\\!", "").replace(" ", "").replace(",", "").rstrip(".")
-    s = re.sub(r"\\text\{(.*?)\}", r"\1", s)
-    return s.lower()
-
-
-_PLAIN_NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?")
-_ARITHMETIC = re.compile(r"\d\s*(\*|\+|-|×|\\times|\\cdot)\s*\(?-?\d")
-
-
-def is_correct(pred: str | None, gold: str) -> bool:
-    """math-verify equivalence of two final answers (fractions, LaTeX, 1,000 = 1000, units); normalised
-    exact match where math-verify is not installed or cannot parse one side. A numeric gold answer needs a
-    stated number: arithmetic left for the verifier to do ("7891 * 16", which math-verify would evaluate)
-    scores 0 -- found as reward hacking by a run without tools (README, tools); the official verifier's
-    exact string match refuses it too."""
-    if pred is None:
-        return False
-    if _PLAIN_NUMBER.fullmatch(gold.strip()) and _ARITHMETIC.search(pred):
-        return False        # "\\boxed{7891 * 16}": math-verify would compute it; a numeric answer must be stated
-    try:
-        from math_verify import parse, verify
-    except ImportError:
-        return _normalise(pred) == _normalise(gold)
-    main = threading.current_thread() is threading.main_thread()  # its timeouts use signal.alarm
-    kw = {} if main else {"parsing_timeout": None}
-    g, p = parse("\\boxed{" + gold + "}", **kw), parse("\\boxed{" + pred + "}", **kw)
-    if not g or not p:
-        return _normalise(pred) == _normalise(gold)
-    return bool(verify(g, p, **({} if main else {"timeout_seconds": None})))
-
-
-class RewardFn:
-    """Binary outcome reward r in {0, 1}. Never raises: an exception scores 0 and is counted.
-
-    format_gate: the official code's gate (spec §2.3): a response without exactly one </think>, or with
-    <code> or <interpreter> after it (tool use belongs to the thinking), scores 0 (thinking models).
-    """
-
-    def __init__(self, format_gate: bool = False):
-        self.format_gate = format_gate
-        self.errors = 0      # exceptions scored as 0 (math-verify's own timeouts score 0 inside it)
-        self.no_answer = 0   # responses with no extractable answer
-
-    def __call__(self, text: str, gold: str) -> float:
-        try:
-            if self.format_gate and (text.count("</think>") != 1 or any(
-                    tag in text.split("</think>")[1] for tag in ("<code>", "<interpreter>"))):
-                return 0.0
-            pred = extract_answer(text)
-            if pred is None:
-                self.no_answer += 1
-                return 0.0
-            return float(is_correct(pred, gold))
-        except Exception:  # noqa: BLE001 - a reward must never stop training
-            self.errors += 1
-            return 0.0
-
-
-# ============================================================== evaluation (paper App. D)
-
-
-def evaluate(cfg, engine, held: list, fmt: dict) -> dict:
-    """Held-out avg@k, pass@k (unbiased) and maj@k at --eval-temperature and --eval-top-p (paper App. D: 0.6
-    and 0.95), and greedy accuracy (T = 0, one response per problem): avg@k rises both when the policy knows
-    more and when it merely gets sharper (less random); greedy accuracy moves only with the first.
-    `engine.generate` samples, `fmt` maps a task's prompt to its chat-formatted text; cfg gives eval_k,
-    eval_temperature, eval_top_p and max_completion_length (train.Config)."""
-    if not held:
-        return {}
-    k, rf = cfg.eval_k, RewardFn()
-    prompts = [fmt[t.prompt] for t in held]
-    out = engine.generate([p for p in prompts for _ in range(k)], cfg.max_completion_length,
-                          cfg.eval_temperature, seed=10_007, top_p=cfg.eval_top_p)
-    greedy = engine.generate(prompts, cfg.max_completion_length, 0.0)
-    avg = pas = maj = 0.0
-    for j, t in enumerate(held):
-        texts = [o.text for o in out[j * k:(j + 1) * k]]
-        r = [rf(x, t.answer) for x in texts]
-        avg += sum(r) / k
-        pas += pass_at_k(k, int(sum(r)), k)
-        maj += majority_correct([extract_answer(x) for x in texts], r)
-    n = len(held)
-    return {f"eval/avg@{k}": avg / n, f"eval/pass@{k}": pas / n, f"eval/maj@{k}": maj / n,
-            "eval/greedy": sum(rf(o.text, t.answer) for o, t in zip(greedy, held)) / n}
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021) from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
-    if not 0 < k <= n:
-        raise ValueError(f"pass@k needs 0 < k <= n, got k={k}, n={n}")
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):   # C(n-c, k) / C(n, k) as a product, no big factorials
-        prod *= 1.0 - k / i
-    return 1.0 - prod
-
-
-def majority_correct(answers: list, rewards: list) -> float:
-    """maj@k for one problem: the reward of the most frequent extracted answer (ties: first seen)."""
-    counts = {}
-    for a, r in zip(answers, rewards):
-        if a is not None:
-            n, _ = counts.get(a, (0, r))
-            counts[a] = (n + 1, r)
-    if not counts:
-        return 0.0
-    return max(counts.values(), key=lambda nr: nr[0])[1]

@@ -49,6 +49,10 @@ class Dist:
             out[r::self.world] = part
         return out
 
+    def local(self, rows: list) -> list:
+        """Global row indices -> the local indices (into this rank's rows) of those this rank owns."""
+        return [j // self.world for j in rows if j % self.world == self.rank]
+
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
             self.d.all_reduce(t)

@@ -43,7 +43,7 @@ class PrioritizedSampler:
         """`batch_size` distinct indices into `weights`, drawn without replacement, probability ∝ w.
 
         Returned in draw order (the first index is the first draw). Weights must be finite and > 0:
-        a zero weight would silently never be trained on (spec pitfall 12), so it raises instead.
+        a zero weight would silently never be trained on, so it raises instead.
         """
         w = np.asarray(weights, dtype=np.float64)
         if w.ndim != 1:
@@ -90,7 +90,5 @@ class PrioritizedSampler:
         return {"rng": self.rng.bit_generator.state, "queue": list(self.queue), "n": self.n}
 
     def load_state_dict(self, state: dict) -> None:
-        if "bit_generator" in state:        # written before the epoch queue existed: the RNG alone
-            state = {"rng": state, "queue": [], "n": 0}
         self.rng.bit_generator.state = state["rng"]
         self.queue, self.n = [int(i) for i in state["queue"]], int(state["n"])

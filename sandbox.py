@@ -6,7 +6,7 @@ Standard library only: copy this file alone into another trainer.
     run_code("print(4831 * 2977)")        # -> '14381887\\n'
     run_code("while True: pass")          # -> 'TimeoutError: the code ran longer than 10 s ...' after 10 s
 
-The protocol of the official SPO/ReTool code (spec §2.4), as three small functions the rollout uses:
+The protocol of the official SPO/ReTool code (verl recipe/spo agent_loop/), as three small functions the rollout uses:
   `extract_code(text)`          the first <code>```python ...```</code> block of a turn (max_parallel_calls = 1)
   `wrap_last_line(code)`        the last non-empty line wrapped in print(...) unless it starts with "print"
   `interpreter_block(out, n)`   "<interpreter>\\n{out}\\n</interpreter>\\n\\n", out middle-truncated to n characters
@@ -24,7 +24,7 @@ cleared environment, and layers what the OS offers (`isolation()` says which lay
     only inside its own folder, no TCP (ABI >= 4), no signals to processes outside itself (ABI >= 6:
     it cannot kill the trainer).
 Where a layer is missing (macOS, an old kernel, a container that forbids namespaces) the others still
-apply; `isolation()` tells which, and the README says what that leaves open.
+apply; `isolation()` tells which, and docs/tools.md says what that leaves open.
 
 `run_code_remote` sends the same call to a SandboxFusion server's /run_code endpoint (the official recipe's
 sandbox) and returns the same text; `check_server` fails fast when the server is not reachable.
@@ -50,7 +50,7 @@ FILE_MB = 16                    # largest file the code may write
 KEEP_BYTES = 64 * 1024          # of the output, this much of the head and of the tail is kept
 KILL_AFTER_BYTES = 8 * 2**20    # more output than this: the process is stopped, the head and tail returned
 
-# ============================================================== the protocol (spec §2.4)
+# ============================================================== the protocol (verl recipe/spo agent_loop/)
 
 _CODE = re.compile(r"<code>(.*?)</code>", re.S)
 

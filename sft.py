@@ -3,7 +3,7 @@
     python sft.py                                   # 16 demonstrations of the embedded tool task -> runs/tools-sft/adapter
     python train.py --dataset embedded-tools --tools python --init-adapter runs/tools-sft/adapter ...
 
-SmolLM2-135M never writes a <code> block from the instruction alone (README "Tool-integrated reasoning"), so
+SmolLM2-135M never writes a <code> block from the instruction alone (docs/tools.md), so
 RL has nothing to reinforce. This is the smallest honest bootstrap: demonstrations on problems of the task
 that RL never trains or evaluates on, each one real tool use, in the token layout the rollout produces:
 
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tool_tasks
-from rollout import EMBEDDED_MODEL, LoraArgs, load_policy, sequence_logprobs
+from tasks import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tool_tasks
+from logprobs import sequence_logprobs
+from models import EMBEDDED_MODEL, LoraArgs, load_policy
 from sandbox import interpreter_block, run_code
 from tools import STOP
 

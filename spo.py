@@ -32,8 +32,7 @@ def spo_advantages(rewards, baselines, eps: float = 1e-8, zero_if_rewards_agree:
     equal also returns zeros, as GRPO's degenerate group. Without it Eq. 9 turns such a batch into
     (mean v_hat - v_hat) / std v_hat when every r = 1: correct answers pushed down or up by the
     tracker's differences alone. The paper's batches (256 of 17k prompts) never meet one; a small
-    pool that the policy has solved does. Measured: it did not stop held-out accuracy falling past
-    saturation (README, "Past the pool's saturation"), so it stays off.
+    pool that the policy has solved does. Off by default, as in the paper.
     """
     r = torch.as_tensor(rewards, dtype=torch.float64).flatten()
     b = torch.as_tensor(baselines, dtype=torch.float64).flatten()
@@ -178,7 +177,7 @@ def tis_weights(old_logp, behaviour_logp, mask, cap: float = 2.0):
 
 
 def policy_drift(logp_prev, logp_now, mask) -> torch.Tensor:
-    """The official code's D for the tracker (§4.1; spec §1.2): per sequence, the masked mean of
+    """The official code's D for the tracker (Sec. 4.1; verl recipe/spo spo_ray_trainer.py): per sequence, the masked mean of
     |log pi_prev(y_t) - log pi_now(y_t)| over the tokens of the response y stored at the prompt's
     last visit, scored then (logp_prev) and now (logp_now). Returns [B]; 0 for an empty mask.
     Which policies "then" and "now" are is the caller's choice: the code scores after each update,

@@ -2,7 +2,7 @@
 
 `ToolEngine(engine, tokenizer)` wraps an engine (HF or vLLM) and keeps its interface, so training,
 offline init and evaluation all roll out with the tool. One response, as the official SPO/ReTool agent
-loop (spec §2.4; verl `spo_tool_agent_loop.py`):
+loop (verl recipe/spo `agent_loop/spo_tool_agent_loop.py`):
 
     generate until `</code>` (kept), EOS, or the response's token budget
     -> the turn's first <code>```python ...```</code> block, last line wrapped in print(...), runs in the sandbox
@@ -22,7 +22,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from rollout import Engine, Sample, per_row
+from engines import Engine, per_row
+
+from logprobs import Sample
 from sandbox import extract_code, interpreter_block, run_code, run_code_remote, wrap_last_line
 
 STOP = ["</code>"]
@@ -40,6 +42,9 @@ class ToolEngine(Engine):
         self.run = partial(run_code_remote, url=sandbox_url, timeout=timeout) if sandbox_url else \
             partial(run_code, timeout=timeout)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
+
+    def batch_metrics(self, samples: list) -> dict:
+        return tool_metrics(samples)
 
     def __getattr__(self, name):                 # name, load_adapter, sleep, wake_up, close: the engine's
         return getattr(self.engine, name)
@@ -115,7 +120,7 @@ class ToolTrajectory:
 
 
 def tool_metrics(samples: list) -> dict:
-    """Per-step means over a batch's responses (README "Metrics"): tool calls, generation turns, tool errors and
+    """Per-step means over a batch's responses (docs/metrics.md): tool calls, generation turns, tool errors and
     timeouts, share of response tokens that are tool output, seconds in tools."""
     n = max(len(samples), 1)
     info = [s.info or {} for s in samples]

@@ -43,7 +43,9 @@ def main():
 
     import torch
     import train as T
-    from data import embedded_tasks, evaluate, format_tasks
+    from data import format_tasks
+    from rewards import evaluate
+    from tasks import embedded_tasks
     from dist import Dist
     given = {"n_train": a.n_train, "eval_temperature": a.eval_temperature, "eval_top_p": a.eval_top_p}
     cfg = T.Config(seed=a.seed, eval_k=a.eval_k, **{k: v for k, v in given.items() if v is not None})

@@ -25,7 +25,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from rollout import LoraArgs, load_policy, sequence_logprobs  # noqa: E402
+from logprobs import sequence_logprobs  # noqa: E402
+
+from models import LoraArgs, load_policy  # noqa: E402
 from spo import policy_loss  # noqa: E402
 
 GB = 1e9

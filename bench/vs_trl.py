@@ -83,8 +83,11 @@ def trl(seed: int, a, out: str) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     import train as T
-    from data import RewardFn, format_tasks, read_tasks, system_message
-    from rollout import HFEngine, LoraArgs, load_policy
+    from data import format_tasks, read_tasks
+    from rewards import RewardFn
+    from tasks import system_message
+    from engines import HFEngine
+    from models import LoraArgs, load_policy
     cfg = T.Config(seed=seed, n_eval=a.n_eval, eval_temperature=a.eval_temperature, eval_top_p=a.eval_top_p)
     torch.manual_seed(seed)
     model, tok, _ = load_policy(lora=LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))

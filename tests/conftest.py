@@ -16,7 +16,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def policy():
     """The embedded SmolLM2-135M-Instruct with a fresh LoRA adapter (lora_B = 0: equals the base)."""
-    from rollout import load_policy
+    from models import load_policy
     torch.manual_seed(0)
     return load_policy()
 
@@ -27,8 +27,8 @@ def tool_policy(tmp_path_factory):
     can be checked token by token on a real model: (model, tok, path, tasks, prompt texts, demos, adapter dir)."""
     import random
 
-    from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tool_tasks
-    from rollout import load_policy
+    from tasks import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tool_tasks
+    from models import load_policy
     from sft import demonstration, fit
     torch.manual_seed(0)
     model, tok, path = load_policy()

@@ -26,7 +26,7 @@ def qlora(tmp_path_factory):
     from tokenizers.models import WordLevel
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3Config
 
-    from rollout import LoraArgs, load_policy
+    from models import LoraArgs, load_policy
     folder = str(tmp_path_factory.mktemp("qwen3-small"))
     cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=DIM, intermediate_size=4 * DIM, num_hidden_layers=2,
                       num_attention_heads=HEADS, num_key_value_heads=KV, head_dim=DIM // HEADS,
@@ -48,7 +48,7 @@ def test_no_frozen_weight_left_in_fp32(qlora):
 
 
 def test_unpadded_micro_batch_is_linear_in_memory_and_matches_padded(qlora):
-    from rollout import sequence_logprobs
+    from logprobs import sequence_logprobs
     model, tok, _ = qlora
     g = torch.Generator().manual_seed(0)
     L = 8192
@@ -71,7 +71,7 @@ def test_unpadded_micro_batch_is_linear_in_memory_and_matches_padded(qlora):
 
 
 def test_qlora_ppo_update_trains_the_adapter(qlora):
-    from rollout import sequence_logprobs
+    from logprobs import sequence_logprobs
     from spo import policy_loss
     model, tok, _ = qlora
     params = [p for p in model.parameters() if p.requires_grad]
@@ -95,7 +95,7 @@ def test_loop_trains_saves_and_resumes_on_cuda(tmp_path, nf4):
     (the CLI implies --old-logprobs trainer with --load-in-4bit; a Config is told), its engine being the policy
     itself. The CPU tests never showed the CPU/CUDA tensor mix-ups this path once had."""
     import train as T
-    from rollout import SYNC_TOLERANCE
+    from logprobs import SYNC_TOLERANCE
     run = str(tmp_path / "run")
     cfg = dict(batch_size=4, n_train=8, n_eval=4, offline_samples=2, max_completion_length=8, micro_batch_size=4,
                eval_every=0, eval_k=1, engine="hf", load_in_4bit=nf4, old_logprobs="trainer" if nf4 else "engine")

@@ -4,8 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from data import (BOXED_SUFFIX, DataError, RewardFn, Task, embedded_tasks, extract_answer, gold_answer, is_correct,
-                  load_tasks, read_tasks)
+from data import BOXED_SUFFIX, DataError, gold_answer, load_tasks, read_tasks
+
+from rewards import RewardFn, extract_answer, is_correct
+
+from tasks import Task, embedded_tasks
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from data import chat_prompt, embedded_tasks
-from rollout import (SYNC_TOLERANCE, HFEngine, LoraArgs, PromptTooLong, SetupError, check_sync,
-                     load_policy, resolve_model, sequence_logprobs)
+from tasks import chat_prompt, embedded_tasks
+from engines import HFEngine, PromptTooLong
+from logprobs import SYNC_TOLERANCE, check_sync, sequence_logprobs
+from models import LoraArgs, SetupError, load_policy, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_length_bucketed_scoring_equals_scoring_each_row_alone(policy, prompts):
 
 
 def test_compare_logprobs_is_the_sync_check_on_numbers_at_hand():
-    from rollout import SyncError, compare_logprobs
+    from logprobs import SyncError, compare_logprobs
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     trainer = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -9.0, -9.0]])
     engine = torch.tensor([[-1.01, -2.0, 0.0], [-0.5, 0.0, 0.0]])       # padding differs, is masked out

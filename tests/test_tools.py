@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import train as T
-from data import RewardFn, embedded_tool_tasks
-from rollout import HFEngine, PromptTooLong, SyncError, check_sync, compare_logprobs, pad_logprobs, policy_mask, sequence_logprobs
+from rewards import RewardFn
+from tasks import embedded_tool_tasks
+from engines import HFEngine, PromptTooLong
+from logprobs import SyncError, check_sync, compare_logprobs, pad_logprobs, policy_mask, sequence_logprobs
 from sandbox import interpreter_block
 from spo import policy_loss
 from tools import ToolEngine, tool_metrics

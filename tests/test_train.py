@@ -14,7 +14,7 @@ import torch
 import tyro
 
 import train as T
-from rollout import SYNC_TOLERANCE
+from logprobs import SYNC_TOLERANCE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(batch_size=4, n_train=8, n_eval=4, offline_samples=2, max_completion_length=8, micro_batch_size=4,
@@ -71,7 +71,7 @@ def test_spo_run_end_to_end(tmp_path):
     assert len(table) == 8 and all(len(v) == 2 for v in table.values())
     assert os.path.exists(os.path.join(run, "curves.png"))
     from peft import PeftModel
-    from rollout import load_policy
+    from models import load_policy
     base, _, _ = load_policy(lora=None)
     PeftModel.from_pretrained(base, os.path.join(run, "adapter"))      # a standard peft adapter folder
     # the saved offline values are reused exactly: same tracker start, no sampling
@@ -172,7 +172,8 @@ def test_drift_is_measured_where_the_flag_says(tmp_path, drift_at, old_logprobs)
     With --old-logprobs trainer the stored scores are the trainer's pi_old, from the drift pass (reused by
     the update)."""
     from peft import PeftModel
-    from rollout import load_policy, sequence_logprobs
+    from logprobs import sequence_logprobs
+    from models import load_policy
     from spo import policy_drift
     run = str(tmp_path / "run")
     cfg = dict(TINY, n_train=4, drift_at=drift_at, old_logprobs=old_logprobs, save_every=1, output_dir=run)
@@ -262,8 +263,8 @@ def test_greedy_eval_is_the_temperature_zero_answer(policy):
     """eval/greedy is one T = 0 answer per problem: with sampled evaluation also at T = 0, every one of the
     k samples is that answer, so avg@k, pass@k and maj@k all equal it; at T = 1 they differ from it, and at
     T = 1 with a nucleus of one token they are it again."""
-    from data import chat_prompt, embedded_tasks
-    from rollout import HFEngine
+    from tasks import chat_prompt, embedded_tasks
+    from engines import HFEngine
     model, tok, _ = policy
     _, held = embedded_tasks(8, 12, seed=3)
     fmt = {t.prompt: chat_prompt(tok, t.prompt) for t in held}

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 import train as T
-from rollout import SYNC_TOLERANCE, SyncError, check_sync
+from logprobs import SYNC_TOLERANCE, SyncError, check_sync
 from test_rollout import _check_samples, _perturb_adapter, prompts  # noqa: F401  (fixture)
 from test_train import TINY, _metrics
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
 
 
 def test_vllm_engine_hot_swaps_the_adapter(policy, prompts):
-    from rollout import VLLMEngine
+    from engines import VLLMEngine
     model, tok, path = policy
     engine = VLLMEngine(path, tok, max_new_tokens=12, seed=0)
     try:
@@ -52,7 +52,7 @@ def test_training_with_the_vllm_engine(tmp_path):
 
 def test_tool_rollout_on_vllm(tool_policy):
     """The tool loop on vLLM: token-id continuation under the LoRA request, stop at </code>, masks as on HF."""
-    from rollout import VLLMEngine
+    from engines import VLLMEngine
     from test_tools import _check_tool_samples
     from tools import ToolEngine
     model, tok, path, tasks, texts, demos, _ = tool_policy

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
 
 @pytest.fixture(scope="module")
 def engine(policy):
-    from rollout import VLLMEngine
+    from engines import VLLMEngine
     model, tok, path = policy
     e = VLLMEngine(path, tok, max_new_tokens=24, seed=0, max_loras=3)
     e.load_adapter(model)
@@ -25,7 +25,7 @@ def engine(policy):
 
 
 def _pool(tok, n=12):
-    from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tasks
+    from tasks import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tasks
     tasks = embedded_tasks(n, 1, seed=0)[0]
     return [tok(chat_prompt(tok, t.prompt, EMBEDDED_SYSTEM_PROMPT), add_special_tokens=False)["input_ids"]
             for t in tasks]
@@ -139,7 +139,7 @@ def test_tool_trajectories_continue_as_new_requests(tool_policy):
     """--tools python in continuous collection: </code> ends a request, the tool runs in a thread, the trajectory
     continues as a new request from its token ids; greedy, each response equals the taught one token by token."""
     from collector import ContinuousCollector
-    from rollout import VLLMEngine
+    from engines import VLLMEngine
     from test_tools import _check_tool_samples
     from tools import ToolEngine
     model, tok, path, tasks, texts, demos, _ = tool_policy

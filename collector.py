@@ -13,9 +13,9 @@ request-level API (add / step / abort, engines.VLLMEngine) in the trainer's proc
              rest keep running, or wait, and go into a later batch
 
 Off-policy data, explicitly. A carried trajectory keeps the adapter it started with until it finishes
-(the engine holds up to max_staleness / updates per step + 2 adapter versions; vLLM batches requests of several adapters
-together), so every trajectory has one behaviour policy, and its `opt_step` says which: the trainer's
-optimizer-step count when that adapter was made. Its staleness when trained is the number of optimizer
+(the engine holds up to max_staleness / updates per step + 2 adapter versions; vLLM batches requests of
+several adapters together), so every trajectory has one behaviour policy, and its `opt_step` says which:
+the trainer's optimizer-step count when that adapter was made. Its staleness when trained is the number of optimizer
 steps since. Trajectories staler than `max_staleness` are dropped, in flight (aborted) or landed, and
 counted; the loss corrects the rest with truncated importance weights (spo.tis_weights, continuous.py).
 

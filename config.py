@@ -265,6 +265,18 @@ def apply_profile(cfg: Config, argv: list, say=None) -> Config:
     return dataclasses.replace(cfg, profile=profile, **changed)
 
 
+def learning_rate_at(cfg: Config, step: int) -> float:
+    """--lr-scheduler-type: the rate of training step `step` (1-based) of --steps. 'constant' is the paper's
+    (App. D); 'linear' and 'cosine' decay towards 0 as transformers' schedulers of those names do, here per
+    training step (the step's optimizer updates share its rate)."""
+    frac = (step - 1) / max(cfg.steps, 1)               # 0 at the first step, 1 - 1/steps at the last
+    if cfg.lr_scheduler_type == "linear":
+        return cfg.learning_rate * (1 - frac)
+    if cfg.lr_scheduler_type == "cosine":
+        return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * frac))
+    return cfg.learning_rate
+
+
 class ConfigError(ValueError):
     pass
 

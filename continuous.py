@@ -1,6 +1,6 @@
 """Continuous, group-free collection in train.py's loop: `--collect continuous --engine vllm` (paper Sec. 5.4).
 
-`ContinuousTrainer` overrides the phases of `train.Trainer` that lock-step collection shapes: `draw` and
+`ContinuousTrainer` overrides the phases of `trainer.Trainer` that lock-step collection shapes: `draw` and
 `collect` (the collector draws prompts as trajectories land, and a batch is the first B to finish; collector.py),
 `push_adapter` (the engine keeps the adapters that carried trajectories still sample with), and the loss of
 off-policy rows: with --old-logprobs trainer each token's loss is weighted by the truncated importance ratio
@@ -19,7 +19,7 @@ from collector import ContinuousCollector
 from config import ConfigError
 from logprobs import pad_logprobs
 from spo import tis_weights
-from train import Batch, Trainer
+from trainer import Batch, Trainer
 
 
 @dataclass

@@ -54,6 +54,13 @@ def cut_at_stop(tok, ids: list, stop: list | None) -> int | None:
 # ============================================================== engines
 
 
+def request_seeds(engine, deterministic: bool, seeds: list) -> list | None:
+    """`seeds`, one per request, where a response must not depend on its batch-mates (`deterministic`:
+    --deterministic-generation) or the engine seeds every request anyway (vLLM); else None: the call's one
+    seed drives the whole batch."""
+    return seeds if deterministic or engine.name == "vllm" else None
+
+
 class Engine:
     """What every engine offers: `generate` from prompt strings; subclasses implement `generate_ids` and set
     `tok` and `max_prompt_length` (tools.ToolEngine too: its tool loop is a `generate_ids`)."""

@@ -1,7 +1,7 @@
 """Segment Policy Optimization (Guo et al., arXiv 2505.23564) in train.py's loop: `--algo segment`.
 
 The other "SPO" (segment.py has its pure functions and the method). `SegmentTrainer` overrides two phases of
-`train.Trainer`: `advantages` (one advantage per segment, from Monte Carlo values, instead of one per response)
+`trainer.Trainer`: `advantages` (one advantage per segment, from Monte Carlo values, instead of one per response)
 and `loss_mask` (only the tokens that carry an advantage). It keeps no tracker: prompts are drawn in shuffled
 epochs and the drift and track phases are skipped. docs/segment.md has the flags and the measurements.
 """
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engines import request_seeds
 from segment import cutpoint_bounds, cutpoints, fixed_bounds, segment_batch
-from train import Batch, Trainer, request_seeds
+from trainer import Batch, Trainer
 
 
 @dataclass
@@ -37,7 +38,7 @@ class SegmentTrainer(Trainer):
         cont = self.engine.generate_ids(                                     # all continuations in one call
             [samples[i].prompt_ids + samples[i].completion_ids[:b] for i, b in starts for _ in range(N)],
             [cfg.max_completion_length - b for i, b in starts for _ in range(N)], cfg.temperature, seed=seed,
-            seeds=request_seeds(cfg, self.engine, [seed + k for k in range(len(starts) * N)]))
+            seeds=request_seeds(self.engine, cfg.deterministic_generation, [seed + k for k in range(len(starts) * N)]))
         values = [[] for _ in samples]                                       # V_0 (prompt), V_1 .., then r
         for k, (i, b) in enumerate(starts):
             gold = batch.tasks[self.mine[i]].answer

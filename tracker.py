@@ -205,17 +205,14 @@ class ValueTracker:
                 raise ValueError(f"drift for prompt {keys[i]!r} is {d[i]}: must be finite and >= 0")
             rho = np.atleast_1d(rho_from_drift(d, self.d_half, self.rho_min, self.rho_max))
         slots = self._slots(keys, create=True)
-        # A repeated key is applied in order: split the batch into rounds of distinct slots.
-        order = np.argsort(slots, kind="stable")
-        first = np.r_[True, slots[order][1:] != slots[order][:-1]]
-        start = np.maximum.accumulate(np.where(first, np.arange(order.size), 0))
-        rank = np.empty_like(slots)
-        rank[order] = np.arange(order.size) - start  # 0 for a key's first occurrence, 1 next, ...
-        for k in range(int(rank.max(initial=-1)) + 1):
-            m = rank == k
-            s = slots[m]
-            self._alpha[s] = rho[m] * self._alpha[s] + r[m]
-            self._beta[s] = rho[m] * self._beta[s] + (1.0 - r[m])
+        if np.unique(slots).size == slots.size:       # distinct keys (every SPO batch): one vectorised update
+            self._alpha[slots] = rho * self._alpha[slots] + r
+            self._beta[slots] = rho * self._beta[slots] + (1.0 - r)
+            self._visits[slots] += 1
+            return rho
+        for s, rho_i, r_i in zip(slots, rho, r):      # a key that appears twice is updated twice, in order
+            self._alpha[s] = rho_i * self._alpha[s] + r_i
+            self._beta[s] = rho_i * self._beta[s] + (1.0 - r_i)
             self._visits[s] += 1
         return rho
 

@@ -6,12 +6,12 @@ training pool (in another wording: a word problem, swapped operands) against pro
     python bench/fact_coverage.py none                # the untrained policy, for comparison
 
 The problems are --n-probe more draws from the same generator as the run's pool and held-out set
-(data.embedded_tasks with the run's seed and --n-train), so none is a training prompt and the first
+(tasks.embedded_tasks with the run's seed and --n-train), so none is a training prompt and the first
 --n-eval of them are the run's held-out set. A problem's fact is its operation and operands (sums
 unordered): "What is 3 + 9?", "What is 9 + 3?" and "Tom has 3 coins and gets 9 more..." share one.
-Prints held-out avg@k (at train.py's --eval-temperature / --eval-top-p unless given; the README's table
+Prints held-out avg@k (at train.py's --eval-temperature / --eval-top-p unless given; docs/results.md's table
 was measured at T = 1, top-p 1) and greedy accuracy (T = 0) per level and in all, for facts in the pool
-and new facts, each scored by data.evaluate. Run it alone: two torch processes slow each other ~10x.
+and new facts, each scored by rewards.evaluate. Run it alone: two torch processes slow each other ~10x.
 """
 import argparse
 import os

@@ -5,9 +5,9 @@
 
 Builds a model with Qwen3-8B's exact configuration (36 layers, hidden 4096, MLP 12288, 32 query / 8 KV
 heads, vocabulary 151,936, untied embeddings) from its config with random weights, saves it, and loads it
-through the project's own `rollout.load_policy` (NF4 double-quant, bf16 compute, peft's k-bit preparation
+through the project's own `models.load_policy` (NF4 double-quant, bf16 compute, peft's k-bit preparation
 with gradient checkpointing, LoRA on the 7 projections). Then one PPO micro-batch (1 sequence of
---prompt + --completion tokens) through `rollout.sequence_logprobs` and `spo.policy_loss`, recording
+--prompt + --completion tokens) through `logprobs.sequence_logprobs` and `spo.policy_loss`, recording
 torch.cuda.max_memory_allocated per phase: weights, old log-probs (no grad), forward, backward, optimizer
 step; and tokens/s of the no-grad pass and of forward + backward, from which one paper-profile step
 (batch 256, 4 mini-batches, drift pass over up to 2 x 256 sequences) is estimated, generation excluded.

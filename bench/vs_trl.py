@@ -11,7 +11,7 @@ Same task (the embedded pool and held-out set of each seed), model (SmolLM2-135M
 updates, T = 1, the same new-token budget, the same chat prompt and the same reward function, --steps
 steps. TRL runs with its defaults otherwise (its own loss, epsilon 0.2, no KL), a constant learning rate
 and no gradient checkpointing (the faster and better of the two TRL settings measured). Every arm is
-evaluated by one function, data.evaluate: held-out avg@k at --eval-temperature / --eval-top-p (default:
+evaluated by one function, rewards.evaluate: held-out avg@k at --eval-temperature / --eval-top-p (default:
 train.py's, the paper's 0.6 / 0.95) and greedy accuracy. Each row records that protocol, and a report covers
 only the rows of the protocol asked for: bench/results/vs_trl_paper_eval (the default --out) holds the
 paper's protocol, bench/results/vs_trl the T = 1 / top-p 1 record.
@@ -19,8 +19,8 @@ paper's protocol, bench/results/vs_trl the T = 1 / top-p 1 record.
 Prints, per seed and arm, held-out (sampled and greedy) at the start and the end and seconds per step
 (the training loop only: SPO's offline init and all evaluations excluded, reported separately), then
 medians and the paired differences SPO - TRL and SPO - our GRPO. Two more SPO arms run when named with
---arms: "our SPO (short window)" (the tracker window rho in [0.5, 0.8], the CPU profile's default until
-it lost to the paper's [0.875, 0.96] over 12 seeds) and "our SPO (uniform, short window)" (the same with
+--arms: "our SPO (short window)" (the tracker window rho in [0.5, 0.8] instead of the paper's [0.875, 0.96];
+docs/results.md) and "our SPO (uniform, short window)" (the same with
 --uniform-sampling, the ablation of Eq. 11), and "our SPO (pool 64)" (--n-train 64: a pool four times the
 batch, so Eq. 11 can pass over solved prompts; the embedded held-out set follows the pool, so it is another
 32 problems and this arm is reported but paired with none). Run it alone: two torch processes slow each
@@ -38,7 +38,7 @@ from child import emit, run_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-SHORT_WINDOW = dict(rho_min=0.5, rho_max=0.8)  # the CPU profile's tracker window until 2026-11-23
+SHORT_WINDOW = dict(rho_min=0.5, rho_max=0.8)  # a shorter tracker memory than the paper's (windows 2-5 visits)
 OURS = {                                     # our arms: run folder name, Config fields beside the defaults
     "our GRPO 4x4": ("GRPO", dict(algo="grpo", group_size=4)),
     "our SPO (default)": ("SPO", {}),
@@ -105,7 +105,7 @@ def trl(seed: int, a, out: str) -> dict:
     curve, eval_s = [{"step": 0, **start}], []
 
     class EvalEvery(TrainerCallback):
-        """Held-out every --eval-every steps, as train.py does. data.evaluate seeds torch's generator; TRL
+        """Held-out every --eval-every steps, as train.py does. rewards.evaluate seeds torch's generator; TRL
         samples from it, so its state is restored after, and the run trains as it would without evaluations."""
         def on_step_end(self, args, state, control, model=None, **_):
             step, done = divmod(state.global_step, cfg.num_minibatches)     # optimizer steps -> our steps

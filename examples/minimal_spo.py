@@ -4,7 +4,7 @@
 
 The "policy" answers each of P prompts right with probability sigmoid(theta_x): one logit per prompt, a
 response is one token (right or wrong), reward = 1 if right. Everything SPO needs from a trainer is here in
-the order an LLM trainer does it (train.py's phases; docs/porting.md explains each):
+the order an LLM trainer does it (trainer.py's phases; docs/porting.md explains each):
   0. offline init: n0 samples per prompt with the initial policy            (Eq. 6)
   1. read v_hat of every prompt *before* this step's rewards                 (Eq. 8 needs v_hat_{-1})
   2. draw B distinct prompts with weights sqrt(v(1-v)) + 0.05                 (Eq. 11)

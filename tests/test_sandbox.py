@@ -14,7 +14,7 @@ import sandbox as S
 T = 3.0          # the timeout these tests give each call
 SLACK = 1.5      # start-up and teardown allowed on top of it
 
-# the layers this machine offers; the tests of a layer are skipped where it is missing (README: sandbox)
+# the layers this machine offers; the tests of a layer are skipped where it is missing (docs/tools.md)
 LAYERS = S.isolation()
 need = lambda layer: pytest.mark.skipif(not any(x.startswith(layer) for x in LAYERS),  # noqa: E731
                                         reason=f"no {layer} on this machine")

@@ -174,8 +174,13 @@ def _local_rows(path: str):
 
 def _hub_rows(source: str, preset, split):
     import datasets as hf_datasets
-    ds = hf_datasets.load_dataset(preset.path, preset.config, split=split or preset.split) if preset else \
-        hf_datasets.load_dataset(source, split=split or "train")
+    try:
+        ds = hf_datasets.load_dataset(preset.path, preset.config, split=split or preset.split) if preset else \
+            hf_datasets.load_dataset(source, split=split or "train")
+    except Exception as e:  # noqa: BLE001 - offline, unknown name, gated, ...: the user's to fix, in one line
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
+        raise DataError(f"{source}: cannot load it as a hub dataset ({why}); offline, pass a local .jsonl, .json, "
+                        ".csv or .parquet file") from None
     yield from ((f"{source}: row {i}", row) for i, row in enumerate(ds))
 
 

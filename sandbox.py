@@ -20,6 +20,9 @@ cleared environment, and layers what the OS offers (`isolation()` says which lay
   - output read in chunks and capped (the head and tail are kept): 100 MB of prints cost no memory;
   - a new user + network namespace (Linux): no network interface but loopback, no host capabilities
     (so the limits above bind even when the trainer runs as root);
+  - a new mount namespace with a tmpfs of its own as the folder (Linux): what a call writes in all is bounded
+    (WRITE_MB, MAX_FILES) and is gone when it ends; where that is not allowed, the parent measures the folder
+    every POLL_S seconds and stops the call over the same bounds;
   - Landlock (Linux >= 5.13): reads only below the Python installation and system libraries, writes
     only inside its own folder, no TCP (ABI >= 4), no signals to processes outside itself (ABI >= 6:
     it cannot kill the trainer).
@@ -47,6 +50,10 @@ import urllib.request
 DEFAULT_TIMEOUT = 10.0          # seconds of wall clock per call (--tool-timeout)
 MEMORY_MB = 1024                # address-space limit of the interpreter
 FILE_MB = 16                    # largest file the code may write
+WRITE_MB = 64                   # all its files together: its own tmpfs (else the parent measures and stops it)
+MAX_FILES = 4096                # files and folders it may make (so that cleaning up after it is quick)
+POLL_S = 0.2                    # how often the parent measures the folder where the call has no tmpfs
+TMPFS = True                    # give each call its own tmpfs where the OS allows it (False: the parent's measure)
 KEEP_BYTES = 64 * 1024          # of the output, this much of the head and of the tail is kept
 KILL_AFTER_BYTES = 8 * 2**20    # more output than this: the process is stopped, the head and tail returned
 
@@ -95,6 +102,8 @@ def interpreter_block(output: str, max_chars: int = 256) -> str:
 _BOOT = r"""
 import ctypes, json, os, resource, sys
 cfg = json.loads(sys.argv[1])
+with open("main.py") as f:
+    src = f.read()
 done = []
 for name, value in cfg["limits"].items():
     try:
@@ -104,8 +113,25 @@ for name, value in cfg["limits"].items():
         pass
 libc = ctypes.CDLL(None, use_errno=True)
 if sys.platform.startswith("linux"):
-    CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0 or libc.unshare(CLONE_NEWNET) == 0:
+    CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET = 0x10000000, 0x00020000, 0x40000000
+    uid, gid = os.getuid(), os.getgid()       # mapped to themselves below: the kernel checks files as before
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET) == 0:
+        done.append("netns")
+        try:   # its own size-limited tmpfs as the folder: bounds what the call writes in all, and how many files
+            for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", "0 %d 1" % uid),
+                               ("/proc/self/gid_map", "0 %d 1" % gid)):
+                with open(path, "w") as f:
+                    f.write(text)
+            here, opts = os.getcwd().encode(), b"size=%dk,nr_inodes=%d,mode=700" % (cfg["write_kb"], cfg["files"])
+            if cfg["tmpfs"] and libc.mount(None, b"/", None, 0x4000 | 0x40000, None) == 0 and \
+                    libc.mount(b"tmpfs", here, b"tmpfs", 2 | 4 | 8, opts) == 0:     # private; nosuid, nodev, noexec
+                os.chdir(here)                        # into the new mount, empty but for the code
+                with open("main.py", "w") as f:
+                    f.write(src)
+                done.append("tmpfs")
+        except OSError:
+            pass
+    elif libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0 or libc.unshare(CLONE_NEWNET) == 0:
         done.append("netns")
     abi = libc.syscall(444, None, 0, 1)                       # landlock_create_ruleset(VERSION)
     if abi >= 1:
@@ -160,8 +186,6 @@ if cfg["report"]:
     sys.exit(0)
 del ctypes, json, resource, libc, cfg, done
 sys.argv = ["main.py"]
-with open("main.py") as f:
-    src = f.read()
 exec(compile(src, "main.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
 """
 
@@ -187,10 +211,31 @@ def _spawn(code: str, folder: str, timeout: float, memory_mb: int, report: bool 
         f.write(code)
     env = {"PATH": "/usr/bin:/bin", "HOME": folder, "TMPDIR": folder, "LANG": "C.UTF-8",
            "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cfg = {"limits": _limits(timeout, memory_mb), "read": _read_paths(), "report": report}
+    cfg = {"limits": _limits(timeout, memory_mb), "read": _read_paths(), "report": report,
+           "write_kb": WRITE_MB * 1024, "files": MAX_FILES, "tmpfs": TMPFS}
     return subprocess.Popen([sys.executable, "-I", "-c", _BOOT, json.dumps(cfg)], cwd=folder, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, close_fds=True)
+
+
+def _written_over(folder: str) -> bool:
+    """The parent's measure of a call's folder: more than WRITE_MB or MAX_FILES in it? (Where the call has its
+    own tmpfs this sees only main.py: the tmpfs is in the call's mount namespace and bounds it there.)"""
+    size, n, stack = 0, 0, [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for e in entries:
+                    n += 1
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    else:
+                        size += e.stat(follow_symlinks=False).st_blocks * 512
+                    if n > MAX_FILES or size > WRITE_MB * 2**20:
+                        return True
+        except OSError:
+            pass
+    return False
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -217,7 +262,10 @@ def run_code(code: str, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = MEMOR
                 if left <= 0:
                     why = f"TimeoutError: the code ran longer than {timeout:g} s and was stopped"
                     break
-                if not sel.select(left):
+                if not sel.select(min(left, POLL_S)):
+                    if _written_over(folder):
+                        why = f"DiskError: the code wrote more than {WRITE_MB} MB or {MAX_FILES} files and was stopped"
+                        break
                     continue
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:

@@ -28,7 +28,8 @@ from logprobs import Sample
 from sandbox import extract_code, interpreter_block, run_code, run_code_remote, wrap_last_line
 
 STOP = ["</code>"]
-ERRORS = ("Traceback (most recent call last)", "TimeoutError:", "OutputError:", "Killed", "SandboxError:")
+ERRORS = ("Traceback (most recent call last)", "TimeoutError:", "OutputError:", "Killed", "SandboxError:",
+          "DiskError:")
 
 
 class ToolEngine(Engine):

@@ -24,7 +24,7 @@ from config import Config, ConfigError, apply_profile, learning_rate_at, validat
 from data import DataError, format_tasks, read_tasks
 from dist import Dist
 from engines import make_engine, request_seeds
-from models import LoraArgs, load_policy
+from models import LoraArgs, SetupError, load_policy
 from rewards import evaluate
 from run_dir import GracefulStop, Logger, load_adapter, load_checkpoint, plot, save_checkpoint
 from sandbox import SandboxUnavailable, check_server, isolation
@@ -98,6 +98,18 @@ def offline_init(tr: Trainer) -> None:
     tracker.init_from_offline(list(table), list(table.values()))
 
 
+def describe(cfg: Config, train_tasks: list, held: list, world: int) -> str:
+    """What the run is, in a few lines (the whole resolved config goes to --output-dir/config.json)."""
+    algo = {"spo": "SPO", "grpo": f"GRPO ({cfg.group_size} responses a prompt)", "segment": "Segment-PO"}[cfg.algo]
+    extras = [x for x, on in (("tools: python", cfg.tools == "python"), ("continuous collection", cfg.collect ==
+              "continuous"), ("QLoRA", cfg.load_in_4bit), (f"{world} ranks", world > 1)) if on]
+    return (f"{algo} on {cfg.model}, {cfg.steps} steps x {cfg.batch_size} responses, engine {cfg.engine}"
+            f"{', ' + ', '.join(extras) if extras else ''}\n"
+            f"data: {cfg.dataset}, {len(train_tasks)} training prompts, {len(held)} held-out"
+            f"{' (' + cfg.eval_dataset + ')' if cfg.eval_dataset else ''}; profile {cfg.profile}\n"
+            f"output: {cfg.output_dir} (config.json, metrics.jsonl, ckpt/, adapter/, curves.png)")
+
+
 def trainer_class(cfg: Config) -> type:
     """The Trainer, or the extension's subclass that overrides the phases it changes."""
     if cfg.collect == "continuous":
@@ -124,6 +136,7 @@ def train(cfg: Config) -> dict:
             dist.say(f"sandbox: local processes, protected by {', '.join(isolation())} (docs/tools.md)")
     if cfg.batch_size % dist.world:
         raise ConfigError(f"--batch-size {cfg.batch_size} must divide evenly over {dist.world} ranks")
+    dist.say(describe(cfg, *tasks, dist.world))
     torch.manual_seed(cfg.seed)
     if not torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -140,7 +153,6 @@ def train(cfg: Config) -> dict:
     if dist.main:
         with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
-    dist.say("config:", json.dumps(dataclasses.asdict(cfg)))
 
     tr = trainer_class(cfg)(cfg, dist, model, tok, engine, train_tasks, held, fmt)
     if state is not None:
@@ -212,7 +224,7 @@ def main(argv=None) -> None:
     cfg = tyro.cli(Config, args=argv, description=__doc__.split("\n")[0])
     try:
         train(apply_profile(cfg, argv, say=print if os.environ.get("RANK", "0") == "0" else None))
-    except (ConfigError, DataError, SandboxUnavailable) as e:
+    except (ConfigError, DataError, SandboxUnavailable, SetupError) as e:
         sys.exit(f"error: {e}")
 
 

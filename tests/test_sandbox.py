@@ -119,6 +119,29 @@ def test_files_outside_its_folder_cannot_be_read_or_written(tmp_path):
         assert "Permission" in run(f"print(open({path!r}).read())") or not os.path.exists(path)
 
 
+def _fill(what: str) -> str:
+    """Code that writes until the sandbox stops it, then says how far it got."""
+    body = {"bytes": 'open(f"f{i}", "wb").write(b"0" * 8_000_000); n += 8',
+            "files": 'open(f"e{i}", "w").close(); n += 1'}[what]
+    return f"n = 0\ntry:\n    for i in range(10**6):\n        {body}\nexcept OSError as e:\n    print('stopped', n, e)"
+
+
+@need("tmpfs")
+def test_what_a_call_writes_in_all_is_bounded_and_gone_at_once():
+    out = run(_fill("bytes"))                   # 8 GB asked for, 16 MB a file allowed: the tmpfs is full at 64
+    assert out.startswith("stopped ") and int(out.split()[1]) <= S.WRITE_MB and "No space left" in out, out
+    out = run(_fill("files"))                   # a million empty files: a cleanup that would take minutes
+    assert int(out.split()[1]) <= S.MAX_FILES and "No space left" in out, out   # (run: within the timeout)
+
+
+def test_without_its_own_tmpfs_the_parent_stops_a_call_that_writes_too_much(monkeypatch):
+    monkeypatch.setattr(S, "TMPFS", False)
+    for what in ("bytes", "files"):
+        out = run(_fill(what))
+        assert f"DiskError: the code wrote more than {S.WRITE_MB} MB or {S.MAX_FILES} files" in out, out
+    assert "tmpfs" not in S.isolation()
+
+
 def test_killing_its_parent_fails():
     out = run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.killpg(os.getpgid(os.getppid()), 9)")
     assert "PermissionError" in out

@@ -32,6 +32,8 @@ def _cli(*args, **kw):
 
 
 def test_bad_flags_fail_before_any_model_loads(tmp_path):
+    for name, text in (("adapter_config.json", '{"r": 16}'), ("adapter_model.safetensors", "")):
+        (tmp_path / name).write_text(text)                # looks like an adapter folder, for --eval-only
     r = _cli("--no-such-flag", "1")
     assert r.returncode != 0 and "--no-such-flag" in r.stderr
     for args, msg in [(["--batch-size", "200"], "--batch-size 200 needs 200 distinct prompts.*--n-train 32"),
@@ -39,8 +41,8 @@ def test_bad_flags_fail_before_any_model_loads(tmp_path):
                       (["--algo", "ppo"], "--algo must be spo, grpo or segment"),
                       (["--num-minibatches", "3"], "--num-minibatches 3 must divide"),
                       (["--lr-scheduler-type", "step"], "--lr-scheduler-type must be constant, linear or cosine"),
-                      (["--eval-top-p", "0"], "0 < --eval-top-p <= 1"),
-                      (["--resume", str(tmp_path / "nothing")], "--resume .*nothing: no such file"),
+                      (["--eval-top-p", "0"], r"--eval-top-p must be a finite number > 0 and <= 1, got 0.0"),
+                      (["--resume", str(tmp_path / "nothing")], "--resume .*nothing: no such file or folder"),
                       (["--eval-only", str(tmp_path), "--dataset", "mine.jsonl"],   # nothing to evaluate on
                        "--eval-only needs a held-out set: pass --eval-dataset")]:
         with pytest.raises(T.ConfigError, match=msg):
@@ -215,6 +217,7 @@ def test_resume_continues_in_the_folder_it_names(tmp_path):
     origin, copy, other = (str(tmp_path / n) for n in ("origin", "copy", "other"))
     for d in (origin, copy, other):
         os.makedirs(os.path.join(d, "ckpt"))
+        open(os.path.join(d, "ckpt", "state.pt"), "w").close()     # a checkpoint is there (never loaded here)
     with open(os.path.join(copy, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(T.Config(output_dir=origin, steps=5)), f)   # as if copied from origin
     argv = ["--resume", copy, "--steps", "9"]

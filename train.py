@@ -125,7 +125,7 @@ def trainer_class(cfg: Config) -> type:
 
 
 def train(cfg: Config) -> dict:
-    """Set up, then: step, log, evaluate and checkpoint when due; stop cleanly on SIGINT/SIGTERM."""
+    """Check everything, load the model and the data, restore or initialise the trainer, then `loop`."""
     validate(cfg)
     tasks = read_tasks(cfg)                  # bad data stops here, before any model loads or file is written
     dist = Dist(cfg.dist_timeout)
@@ -163,7 +163,11 @@ def train(cfg: Config) -> dict:
     log = Logger(cfg, tr.start, cfg.resume) if dist.main else None
     if tr.start == 0 and dist.main:
         log.eval(0, evaluate(cfg, engine, held, fmt))
+    return loop(cfg, dist, tr, log, lambda: evaluate(cfg, engine, held, fmt))
 
+
+def loop(cfg: Config, dist: Dist, tr: Trainer, log, held_out) -> dict:
+    """Step, log, evaluate (`held_out()`) and checkpoint when due; stop cleanly on SIGINT/SIGTERM."""
     stop = GracefulStop(dist.say)
     for step in range(tr.start + 1, cfg.steps + 1):
         t_step = time.time()
@@ -178,7 +182,7 @@ def train(cfg: Config) -> dict:
         if dist.main:
             log.step(m, batch.samples[0].text, batch.rewards[0], batch.tasks[0])
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-                log.eval(step, evaluate(cfg, engine, held, fmt))
+                log.eval(step, held_out())
             if (cfg.save_every and step % cfg.save_every == 0) or stop.signal:
                 save_checkpoint(cfg, step, tr)
         dist.barrier()
@@ -195,7 +199,7 @@ def train(cfg: Config) -> dict:
     lost = tr.close()
     if lost:
         dist.say(f"end of training{lost}")
-    return finish(cfg, dist, tr, log, lambda: evaluate(cfg, engine, held, fmt))
+    return finish(cfg, dist, tr, log, held_out)
 
 
 def finish(cfg: Config, dist: Dist, tr: Trainer, log, final_eval) -> dict:

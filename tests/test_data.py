@@ -67,7 +67,7 @@ def test_reward_fn_never_crashes_and_counts():
     assert gate("</think></think>\\boxed{12}", "12") == 0.0            # two: gated to 0
     tir = "<think><code>print(12)</code><interpreter>\n12\n</interpreter>\n\n</think>"
     assert gate(tir + " \\boxed{12}", "12") == 1.0                      # tool use inside the thinking
-    assert gate(tir + " <code>x</code> \\boxed{12}", "12") == 0.0       # code after </think> (spec §2.3)
+    assert gate(tir + " <code>x</code> \\boxed{12}", "12") == 0.0       # code after </think> (the official gate)
     assert gate(tir + " <interpreter>\n1\n</interpreter> \\boxed{12}", "12") == 0.0
 
 

@@ -32,7 +32,7 @@ def assert_gone(pid: int):
     assert not os.path.exists(f"/proc/{pid}"), f"process {pid} of the sandbox is still there"
 
 
-# ============================================================== the protocol (spec §2.4)
+# ============================================================== the protocol (verl recipe/spo agent_loop/)
 
 
 def test_protocol_pieces():

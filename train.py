@@ -1,5 +1,6 @@
-"""Train a policy with SPO (or GRPO, for comparison): the setup, the offline init and the loop around
-`trainer.Trainer.step`, where one step reads as named phases.
+"""Train a policy with SPO (or GRPO, for comparison) on verifiable rewards.
+
+The setup, the offline init and the loop around `trainer.Trainer.step`, where one step reads as named phases.
 
     python train.py                                   # embedded SmolLM2-135M + arithmetic, CPU, minutes
     python train.py --algo grpo --group-size 4        # the group baseline, everything else identical

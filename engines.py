@@ -50,7 +50,6 @@ def cut_at_stop(tok, ids: list, stop: list | None) -> int | None:
     return None
 
 
-
 # ============================================================== engines
 
 

@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from checks import Adapter, adapter_rank
 from config import Config, ConfigError
 
 
@@ -28,14 +29,13 @@ def load_adapter(model, folder: str, lora_r: int) -> None:
     """LoRA weights saved by save_pretrained (a checkpoint, --eval-only, --init-adapter) into the policy."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-    files = [os.path.join(folder, n) for n in ("adapter_config.json", "adapter_model.safetensors")]
-    if not all(os.path.exists(f) for f in files):
-        raise ConfigError(f"{folder}: not a LoRA adapter folder (needs adapter_config.json and adapter_model.safetensors)")
-    with open(files[0]) as f:
-        r = json.load(f).get("r")
+    r, err = adapter_rank(folder)
+    err = Adapter().error(folder) or err         # the checks validate runs on --init-adapter and --eval-only
+    if err:
+        raise ConfigError(err)
     if r != lora_r:
         raise ConfigError(f"{folder}: adapter has LoRA rank {r}, but --lora-r is {lora_r}; pass --lora-r {r}")
-    set_peft_model_state_dict(model, load_file(files[1]))
+    set_peft_model_state_dict(model, load_file(os.path.join(folder, "adapter_model.safetensors")))
 
 
 def save_checkpoint(cfg, step: int, tr) -> None:

@@ -36,6 +36,15 @@ class OneOf:
             f"must be {', '.join(self.choices[:-1])} or {self.choices[-1]}, got {x!r}"
 
 
+class Counts:
+    """Comma-separated positive integers, e.g. "6,6,6"."""
+
+    def error(self, x) -> str | None:
+        parts = str(x).split(",")
+        return None if all(p.strip().isdigit() and int(p) > 0 for p in parts) else \
+            f"must be positive integers separated by commas (e.g. 4,4), got {x!r}"
+
+
 class Path:
     """A path argument: what must be there (subclasses say); None (not given) is accepted."""
     def error(self, x) -> str | None:

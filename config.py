@@ -16,7 +16,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Annotated, get_type_hints
 
-from checks import (Adapter, Dataset, File, Model, OneOf, OutputDir, Range, RunDir, Url, adapter_rank,
+from checks import (Adapter, Counts, Dataset, File, Model, OneOf, OutputDir, Range, RunDir, Url, adapter_rank,
                     offline_values_error)
 from models import EMBEDDED_MODEL
 
@@ -205,15 +205,23 @@ class Config:
     """continuous with --old-logprobs trainer: cap C of the truncated importance weight min(pi_old / pi_behaviour, C)
     on each token's loss (spo.tis_weights); with --old-logprobs engine pi_old is pi_behaviour itself"""
     # --- extension: Segment Policy Optimization (--algo segment; segment_po.py, segment.py)
-    segment_partition: Annotated[str, OneOf("cutpoint", "fixed")] = "cutpoint"
-    """'cutpoint' (a boundary every --segment-interval low-probability tokens: the paper's short-CoT choice)
-    or 'fixed' (every --segment-size tokens)"""
+    segment_partition: Annotated[str, OneOf("cutpoint", "fixed", "tree")] = "cutpoint"
+    """SPO-chain: 'cutpoint' (a boundary every --segment-interval low-probability tokens: the paper's short-CoT
+    choice) or 'fixed' (every --segment-size tokens); or 'tree' (SPO-tree, the long-CoT instance: responses
+    sampled as a tree of --segment-size-token segments, --tree-branching children a node)"""
     cutpoint_threshold: Annotated[float, Range(0, 1, lo_open=True)] = 0.9
     """a response token whose sampling probability is below this is a cutpoint"""
     segment_interval: Annotated[int, Range(1)] = 5
     """cutpoints per segment (the paper's int5)"""
     segment_size: Annotated[int, Range(1)] = 8
-    """tokens per segment with --segment-partition fixed"""
+    """tokens per segment with --segment-partition fixed or tree (the tree's last level runs to the end)"""
+    tree_branching: Annotated[str, Counts()] = "2,2"
+    """SPO-tree: children per node at each level. --batch-size counts the full-depth leaves, so a step samples
+    batch_size / their product prompts. The default is sized to the embedded task (2,2 at batch 16: 4 prompts x 4
+    leaves, GRPO 4x4's shape; two 8-token levels cover its short answers); the official long-CoT shape is 6,6,6
+    with --segment-size 600 and --batch-size a multiple of 216"""
+    tree_std: bool = False
+    """SPO-tree: divide each segment's advantage by the standard deviation of its siblings' values"""
     mc_rollouts: Annotated[int, Range(1)] = 4
     """continuations sampled from each segment boundary to estimate V there (Monte Carlo)"""
     segment_all_tokens: bool = False
@@ -286,6 +294,21 @@ def learning_rate_at(cfg: Config, step: int) -> float:
     return cfg.learning_rate
 
 
+def tree_shape(branching: str) -> list:
+    """--tree-branching "6,6,6" -> [6, 6, 6]: children per node at each level of SPO-tree."""
+    return [int(b) for b in branching.split(",")]
+
+
+def prompts_per_step(cfg: Config) -> int:
+    """Distinct prompts a step draws: --batch-size (SPO, SPO-chain), over --group-size (GRPO) or over the tree's
+    full-depth leaves (SPO-tree)."""
+    if cfg.algo == "grpo":
+        return cfg.batch_size // cfg.group_size
+    if cfg.algo == "segment" and cfg.segment_partition == "tree":
+        return cfg.batch_size // math.prod(tree_shape(cfg.tree_branching))
+    return cfg.batch_size
+
+
 class ConfigError(ValueError):
     pass
 
@@ -310,6 +333,14 @@ def validate(cfg: Config) -> None:
                  f"pass --lora-r {r}")
     if cfg.algo == "segment":
         need(cfg.tools == "none", "--algo segment continues responses from token prefixes: use it with --tools none")
+    if cfg.algo == "segment" and cfg.segment_partition == "tree":
+        shape = tree_shape(cfg.tree_branching)
+        leaves = math.prod(shape)                    # --batch-size counts the full-depth leaves
+        need(cfg.batch_size % leaves == 0, f"--batch-size {cfg.batch_size} counts the tree's full-depth leaves: "
+             f"make it a multiple of {leaves} (the product of --tree-branching {cfg.tree_branching})")
+        need((len(shape) - 1) * cfg.segment_size < cfg.max_completion_length,
+             f"--tree-branching {cfg.tree_branching} has {len(shape) - 1} levels of --segment-size {cfg.segment_size} "
+             f"tokens before the last: --max-completion-length {cfg.max_completion_length} leaves the last none")
     need(not (cfg.load_in_4bit and cfg.old_logprobs == "engine"),
          "--load-in-4bit needs --old-logprobs trainer: NF4 decoding and the trainer's full forward use different "
          "kernels, so the sampling log-probs are not pi_old")
@@ -318,7 +349,7 @@ def validate(cfg: Config) -> None:
              f"--group-size {cfg.group_size} must be >= 2 and divide --batch-size {cfg.batch_size}")
     need(cfg.batch_size % cfg.num_minibatches == 0,
          f"--num-minibatches {cfg.num_minibatches} must divide --batch-size {cfg.batch_size}")
-    prompts = cfg.batch_size // (cfg.group_size if cfg.algo == "grpo" else 1)
+    prompts = prompts_per_step(cfg)
     if cfg.collect == "continuous":
         need(cfg.algo in ("spo", "grpo"), "--collect continuous works with --algo spo or grpo")
         need(cfg.engine == "vllm", "--collect continuous needs --engine vllm (request-level add/step/abort)")

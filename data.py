@@ -17,6 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
+from config import prompts_per_step
 from rewards import last_boxed
 from tasks import RETOOL_INSTRUCTION, Task, chat_prompt, embedded_tasks, embedded_tool_tasks, system_message
 
@@ -220,7 +221,7 @@ def format_tasks(cfg, tok, train, held):
         print(f"dropped {len(too_long)} prompt(s) longer than --max-prompt-length {cfg.max_prompt_length} tokens")
         train = [t for t in train if t.prompt not in too_long]
         held = [t for t in held if t.prompt not in too_long]
-    prompts = cfg.batch_size // (cfg.group_size if cfg.algo == "grpo" else 1)
+    prompts = prompts_per_step(cfg)
     if len(train) < prompts:
         raise DataError(f"{len(train)} training prompts, fewer than the {prompts} a step needs (--batch-size)")
     return train, held, fmt

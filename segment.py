@@ -19,9 +19,18 @@ functions, copyable alone. Per response of n tokens with sampling probabilities 
   4. token mask (§3.3)        A_k goes on the segment's low-probability tokens (the cutpoints) only -- the
                               paper's recommended "probability mask" -- or on every token of the segment.
 The [B, T] advantages and their mask feed spo.policy_loss unchanged (token-mean over the masked tokens).
-SPO-tree (fixed-count segments sampled as a tree, advantages within sibling groups; the paper's 6-6-6)
-is not implemented: `fixed_bounds` is its partition, and `chain_advantages` would become a per-level
-sibling-mean difference.
+
+SPO-tree, the long-CoT instance (official code: tree_episode_generator.py, hybrid_inference_strategy.py,
+configs/episode_generators/branch_factor_666.jsonnet). The responses of a prompt are sampled as a tree: each
+node is a segment of a fixed token budget M, generated from prompt + its ancestors' tokens; a node that ends
+(end of sequence) before its budget is a leaf, a truncated one gets the next level's children, and the last
+level runs to the end of the response. Nodes are listed parents first (node 0 is the prompt, parent -1):
+  5. tree values              V(leaf) = its reward; V(node) = the mean of its children's V, bottom-up
+  6. tree advantages          A(node) = V(node) - V(parent): its siblings' mean is the baseline (optionally
+                              divided by the siblings' std); a segment with A = 0 is not trained
+  7. trained segments         each kept node trains as (prompt + its ancestors' tokens -> its own tokens)
+                              with one constant advantage, on all its tokens. The Monte Carlo samples that
+                              estimate the values are the responses trained on.
 """
 from __future__ import annotations
 
@@ -44,7 +53,7 @@ def cutpoint_bounds(logp: torch.Tensor, threshold: float, interval: int) -> list
 
 
 def fixed_bounds(n: int, size: int) -> list:
-    """Boundaries [0, size, 2 size, ..., n] of fixed-token-count segments (SPO-tree's partition)."""
+    """Boundaries [0, size, 2 size, ..., n] of fixed-token-count segments (a chain cut as SPO-tree's levels)."""
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     return list(range(0, n, size)) + [n] if n else [0, 0]
@@ -74,3 +83,38 @@ def segment_batch(bounds: list, values: list, logps: list, threshold: float | No
     """[B, T] advantages and carry mask of a batch, from each response's bounds and value chain."""
     rows = [token_advantages(b, chain_advantages(v), lp, threshold, width) for b, v, lp in zip(bounds, values, logps)]
     return torch.stack([a for a, _ in rows]), torch.stack([c for _, c in rows])
+
+
+def tree_values(parent: list, leaf_reward: list) -> list:
+    """5. V of every node, bottom-up: a leaf's (a node without children) is leaf_reward[node], an inner node's
+    the mean of its children's V. `parent[i]` < i (parents first; parent[0] = -1, the prompt)."""
+    kids = [[] for _ in parent]
+    for i, p in enumerate(parent[1:], 1):
+        kids[p].append(i)
+    v = [0.0] * len(parent)
+    for i in reversed(range(len(parent))):
+        v[i] = sum(v[k] for k in kids[i]) / len(kids[i]) if kids[i] else float(leaf_reward[i])
+    return v
+
+
+def tree_advantages(parent: list, values: list, std: bool = False) -> list:
+    """6. A(node) = V(node) - V(parent) for every node (the prompt, node 0: 0). V(parent) is the mean of the
+    siblings' V, so this is a group baseline over the siblings; `std`: divided by the siblings' standard
+    deviation (population), which is > 0 wherever A != 0. |A| < 1e-9 (the rounding of a mean of equal values)
+    is 0."""
+    adv = [0.0] + [values[i] - values[p] for i, p in enumerate(parent[1:], 1)]
+    adv = [a if abs(a) >= 1e-9 else 0.0 for a in adv]
+    if std:
+        for i, p in enumerate(parent[1:], 1):
+            sib = torch.tensor([values[k] for k, q in enumerate(parent) if q == p], dtype=torch.float64)
+            adv[i] = adv[i] / float(sib.std(correction=0)) if adv[i] else 0.0
+    return adv
+
+
+def tree_segments(parent: list, tokens: list, adv: list) -> list:
+    """7. The trained segments: (node, ancestors' tokens in order, its tokens, A) for every node but the
+    prompt with A != 0. tokens[i] is node i's own segment (tokens[0], the prompt's, is not used)."""
+    prefix = [[] for _ in parent]
+    for i, p in enumerate(parent[1:], 1):
+        prefix[i] = prefix[p] + (tokens[p] if p > 0 else [])
+    return [(i, prefix[i], tokens[i], adv[i]) for i in range(1, len(parent)) if adv[i] != 0]

@@ -101,7 +101,7 @@ def offline_init(tr: Trainer) -> None:
 
 def describe(cfg: Config, train_tasks: list, held: list, world: int) -> str:
     """What the run is, in a few lines (the whole resolved config goes to --output-dir/config.json)."""
-    algo = {"spo": "SPO", "grpo": f"GRPO ({cfg.group_size} responses a prompt)", "segment": "Segment-PO"}[cfg.algo]
+    algo = {"spo": "SPO", "grpo": f"GRPO ({cfg.group_size} responses a prompt)", "segment": f"Segment-PO ({cfg.segment_partition})"}[cfg.algo]
     extras = [x for x, on in (("tools: python", cfg.tools == "python"), ("continuous collection", cfg.collect ==
               "continuous"), ("QLoRA", cfg.load_in_4bit), (f"{world} ranks", world > 1)) if on]
     return (f"{algo} on {cfg.model}, {cfg.steps} steps x {cfg.batch_size} responses, engine {cfg.engine}"
@@ -117,8 +117,8 @@ def trainer_class(cfg: Config) -> type:
         from continuous import ContinuousTrainer
         return ContinuousTrainer
     if cfg.algo == "segment":
-        from segment_po import SegmentTrainer
-        return SegmentTrainer
+        from segment_po import SegmentTrainer, TreeTrainer
+        return TreeTrainer if cfg.segment_partition == "tree" else SegmentTrainer
     return Trainer
 
 
@@ -181,7 +181,7 @@ def loop(cfg: Config, dist: Dist, tr: Trainer, log, held_out) -> dict:
         m["time/step"] = time.time() - t_step
         stop.signal = next((x for x in dist.gather(stop.signal) if x), None)  # together, whichever rank was told
         if dist.main:
-            log.step(m, batch.samples[0].text, batch.rewards[0], batch.tasks[0])
+            log.step(m, *tr.shown(batch))
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 log.eval(step, held_out())
             if (cfg.save_every and step % cfg.save_every == 0) or stop.signal:

@@ -10,8 +10,8 @@
   7. track         rho from D, then alpha, beta                                                    Eq. 5
   8. sync_engine   the new adapter into the engine
 The phases are SPO and GRPO alone. An extension subclasses `Trainer` in its own file and overrides the phases it
-changes: continuous.py (draw, collect, the adapter push, the loss weights), segment_po.py (advantages, the loss
-mask; no tracker). The setup and the loop around `step` are in train.py.
+changes: continuous.py (draw, collect, the adapter push, the loss weights), segment_po.py (SPO-chain: advantages,
+the loss mask; SPO-tree: draw, collect, advantages; no tracker). The loop around `step` is in train.py.
 """
 from __future__ import annotations
 
@@ -265,10 +265,10 @@ class Trainer:
         old_logp = batch.old_logp.to(dev)                   # [b, T]
         mask = self.loss_mask(batch).to(dev)                # [b, T] the tokens trained on
         weights = self.loss_weights(batch, mask, m)         # [b, T] per-token loss weights, or None
-        # the engine-vs-trainer check, free with engine pi_old: the first micro-batches score the sampled tokens
-        # with the weights that sampled them, before any optimizer step
+        # the free engine-vs-trainer check (engine pi_old): the first micro-batches, before any optimizer step
         check = self.check_mask(batch, mask) if cfg.old_logprobs == "engine" else None
-        B, mb = cfg.batch_size, cfg.batch_size // cfg.num_minibatches
+        B = len(batch.adv)                                  # global rows: --batch-size (SPO-tree: its segments)
+        mb = -(-B // cfg.num_minibatches)                   # rows a mini-batch (the last may hold fewer)
         stats, skipped = [], 0
         for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(B, generator=torch.Generator().manual_seed(step))
@@ -280,11 +280,9 @@ class Trainer:
                 first = check if epoch == 0 and s == 0 else None
                 total = self.accumulate(batch, rows, old_logp, mask, weights, norm, stats, first, m)
                 skipped += not self.optimizer_step(total, m)
-        m["time/train"] = time.time() - t0
-        m["nonfinite_loss_updates"] = skipped
+        m.update({"time/train": time.time() - t0, "nonfinite_loss_updates": skipped})
         for name in ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "approx_kl", "ratio_mean"):
-            vals = [st[name] for st in stats if name in st]
-            if vals:
+            if vals := [st[name] for st in stats if name in st]:
                 m[f"loss/{name}"] = float(np.mean(vals))
         self.bad_steps = self.bad_steps + 1 if skipped else 0
         if self.bad_steps >= cfg.max_bad_steps:
@@ -354,8 +352,7 @@ class Trainer:
         if self.cfg.algo == "spo":
             drift, first = batch.drift, batch.first
             rho = self.tracker.update(batch.keys, batch.rewards, drift)
-            m.update({"spo/rho_mean": float(rho.mean()), "spo/rho_min": float(rho.min()),
-                      "spo/rho_max": float(rho.max()),
+            m.update({"spo/rho_mean": float(rho.mean()), "spo/rho_min": float(rho.min()), "spo/rho_max": float(rho.max()),
                       "spo/drift_mean": float(drift[~first].mean()) if (~first).any() else 0.0,
                       "spo/first_visit_share": float(first.mean()),
                       "spo/n_eff_mean": float(self.tracker.effective_size(batch.keys).mean())})
@@ -378,6 +375,9 @@ class Trainer:
 
     def push_adapter(self, m: dict) -> None:   # vLLM: save the adapter alone, swap it in; HF: nothing to do
         self.engine.load_adapter(self.model)
+
+    def shown(self, batch: Batch) -> tuple:   # the step's example on the dashboard: (response text, reward, task)
+        return batch.samples[0].text, batch.rewards[0], batch.tasks[0]
 
     # ---- the step's metrics (metrics.jsonl; docs/metrics.md)
     def summarise(self, batch: Batch, m: dict) -> None:

@@ -11,12 +11,12 @@ import pytest
 import tyro
 
 import config as C
-from checks import Dataset, File, Folder, Model, OneOf, OutputDir, Range, Url
+from checks import Counts, Dataset, File, Folder, Model, OneOf, OutputDir, Range, Url
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FREE = {"prompt_field", "answer_field", "system_prompt", "enable_thinking", "format_gate", "uniform_sampling",
         "no_baseline", "zero_if_rewards_agree", "load_in_4bit", "overwrite", "segment_all_tokens",
-        "deterministic_generation"}   # any value of their type is valid: switches and free text
+        "deterministic_generation", "tree_std"}   # any value of their type is valid: switches and free text
 
 
 def flag(name: str) -> str:
@@ -40,6 +40,8 @@ def bad_values(name: str, check, tmp) -> list:
         return out
     if isinstance(check, OneOf):
         return ["bogus"]
+    if isinstance(check, Counts):
+        return ["0,2", "2,,2", "2.5", "-2", "two", ""]
     folder, text = tmp / "empty-folder", tmp / "notes.txt"
     folder.mkdir(exist_ok=True)
     text.write_text("x")
@@ -98,6 +100,12 @@ def test_inconsistent_options_and_bad_file_contents(tmp_path):
         (["--collect", "continuous"], "--collect continuous needs --engine vllm"),
         (["--collect", "continuous", "--engine", "vllm", "--oversample", "2"], "keeps 32 prompts busy"),
         (["--algo", "segment", "--tools", "python"], "--algo segment continues responses from token prefixes"),
+        (["--algo", "segment", "--segment-partition", "tree", "--tree-branching", "3,2"],
+         "--batch-size 16 counts the tree's full-depth leaves: make it a multiple of 6"),
+        (["--algo", "segment", "--segment-partition", "tree", "--tree-branching", "2,2,2", "--batch-size", "8"],
+         "has 2 levels of --segment-size 8 tokens before the last: --max-completion-length 16 leaves the last none"),
+        (["--algo", "segment", "--segment-partition", "tree", "--tree-branching", "1", "--batch-size", "64"],
+         "--batch-size 64 needs 64 distinct prompts a step but the pool has --n-train 32"),
         (["--eval-only", str(adapter), "--lora-r", "8", "--dataset", "my.jsonl"], "--eval-only needs a held-out set"),
         (["--init-adapter", str(adapter)], f"{adapter}: adapter has LoRA rank 8, but --lora-r is 16; pass --lora-r 8"),
         (["--offline-values", write(tmp_path / "a.json", '{"What is 1 + 1?": [1, 0]')],

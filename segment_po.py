@@ -6,9 +6,10 @@ the drift and track phases are skipped. docs/segment.md has the flags and the me
 
 - `SegmentTrainer` (SPO-chain; --segment-partition cutpoint or fixed): `advantages` (one advantage per segment of
   each response, from Monte Carlo continuations) and `loss_mask` (only the tokens that carry an advantage).
-- `TreeTrainer` (SPO-tree; --segment-partition tree): `draw` (one prompt a tree), `collect` (the tree, one
+- `TreeTrainer` (SPO-tree; --segment-partition tree): `draw` (one prompt a tree), `collect` (the trees, one
   engine call a level), `advantages` (tree values; the trained rows become the segments with A != 0, each
-  prompt + its ancestors' tokens -> its own tokens, one advantage a row), `summarise`.
+  prompt + its ancestors' tokens -> its own tokens, one advantage a row: `row_advantages`), `summarise`. The
+  rows' count varies from step to step; a step whose leaves all agree trains nothing (`update` skips it).
 """
 from __future__ import annotations
 
@@ -119,11 +120,12 @@ class Tree:
 @dataclass
 class TreeBatch(Batch):
     trees: list = None                   # this rank's trees, one per prompt of `Trainer.mine`
-    leaf_rewards: list = None            # [L] every leaf's reward, all ranks (`rewards` is the same as an array)
-    all_adv: list = None                 # every segment's A, kept or not, all ranks
+    leaf_rewards: list = None            # [L] every leaf's reward, trees in row order (`rewards`: as an array)
+    all_adv: list = None                 # every segment's A, kept or not, trees in row order
 
 
 class TreeTrainer(Trainer):
+    """SPO-tree: a step grows one tree per prompt and trains on its segments; no tracker, no drift."""
     Batch = TreeBatch
 
     def __init__(self, cfg, dist, *rest):
@@ -169,26 +171,23 @@ class TreeTrainer(Trainer):
 
     # ---- 3. leaves' rewards, tree values and advantages; the segments with A != 0 become the batch's rows
     def advantages(self, batch: TreeBatch, m: dict) -> None:
-        cfg, rows, rewards, adv_all = self.cfg, [], [], []
+        mine = []                            # this rank's trees: (prompt's row, leaves' rewards, every A, kept rows)
         for tree, j in zip(batch.trees, self.mine):
             r = [None] * len(tree.parent)
             for i in tree.leaves():
-                text = self.tok.decode(tree.path(i), skip_special_tokens=True)
-                r[i] = self.reward_fn(text, batch.tasks[j].answer)
-                rewards.append(r[i])
-            adv = tree_advantages(tree.parent, tree_values(tree.parent, r), std=cfg.tree_std)   # [nodes]
-            adv_all += adv[1:]
+                r[i] = self.reward_fn(self.tok.decode(tree.path(i), skip_special_tokens=True), batch.tasks[j].answer)
+            adv = tree_advantages(tree.parent, tree_values(tree.parent, r), std=self.cfg.tree_std)   # [nodes]
             tokens = [[]] + [s.completion_ids for s in tree.samples[1:]]
-            for i, prefix, ids, a in tree_segments(tree.parent, tokens, adv):
-                s = tree.samples[i]
-                rows.append((Sample(tree.prompt_ids + prefix, ids, s.logprobs, s.finish_reason, s.text), a))
-        everyone = [x for part in self.dist.gather(rows) for x in part]    # every rank's segments, rank order
+            rows = [(Sample(tree.prompt_ids + prefix, ids, tree.samples[i].logprobs, tree.samples[i].finish_reason,
+                            tree.samples[i].text), a) for i, prefix, ids, a in tree_segments(tree.parent, tokens, adv)]
+            mine.append((j, [r[i] for i in tree.leaves()], adv[1:], rows))
+        trees = sorted((x for part in self.dist.gather(mine) for x in part), key=lambda x: x[0])   # as one process
+        everyone = [row for *_, rows in trees for row in rows]
         batch.samples = [s for s, _ in everyone[self.dist.rank::self.dist.world]]   # re-dealt: row j on rank j % W
         batch.adv = torch.tensor([a for _, a in everyone], dtype=torch.float32)     # [N] one per trained segment
-        batch.raw = batch.adv.numpy()
-        batch.leaf_rewards = [x for part in self.dist.gather(rewards) for x in part]
+        batch.leaf_rewards = [x for _, r, _, _ in trees for x in r]
         batch.rewards = np.array(batch.leaf_rewards)
-        batch.all_adv = [x for part in self.dist.gather(adv_all) for x in part]
+        batch.all_adv = [a for _, _, adv, _ in trees for a in adv]
 
     def old_logprobs(self, batch: TreeBatch, m: dict) -> None:
         if batch.samples:

@@ -91,3 +91,23 @@ def test_resume_under_torchrun(tmp_path):
     assert r.stdout.count(f"resumed from {out}/ckpt at step 2") == 1             # rank 0 alone speaks
     assert [m["step"] for m in _metrics(out) if "reward" in m] == [1, 2, 3]
     assert torch.load(os.path.join(out, "ckpt", "state.pt"), weights_only=False)["step"] == 3
+
+
+def test_two_ranks_grow_and_train_the_trees_one_process_does(tmp_path):
+    """SPO-tree under torchrun: each rank grows its prompts' trees (per-request seeds: the same trees), and the
+    trained segments are re-dealt across ranks in one process's order, so the two train on the same rows."""
+    tree = dict(algo="segment", segment_partition="tree", tree_branching="2,2", segment_size=8, batch_size=16,
+                n_train=8)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    T.train(T.Config(output_dir=one, **{**DET, **tree}))
+    extra = [x for k, v in tree.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    r = subprocess.run(_torchrun(two, extra=extra), capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a, b = ([m for m in _metrics(d) if "reward" in m] for d in (one, two))
+    assert len(a) == len(b) == 2 and any(m["tree/segments_trained"] for m in a)
+    for x, y in zip(a, b):
+        for k in ("reward", "tree/segments_trained", "tree/dropped_share", "tree/nodes_l2", "tokens/generated",
+                  "adv/raw_var"):
+            assert x[k] == y[k], k
+        if "loss" in x:
+            assert x["loss"] == pytest.approx(y["loss"], abs=1e-4)

@@ -176,8 +176,8 @@ class Config:
     max_bad_steps: Annotated[int, Range(1)] = 3
     """stop after this many consecutive non-finite losses"""
     token_budget: Annotated[int, Range(0)] = 0
-    """stop when the run has generated this many tokens (responses and MC continuations; not the offline
-    init or evaluations): arms compared at equal generation; 0 = off"""
+    """stop when the run has generated this many tokens (responses, MC continuations, tree nodes; not the
+    offline init or evaluations): arms compared at equal generation; 0 = off"""
     # --- extension: tools (--tools python; tools.py, sandbox.py)
     tools: Annotated[str, OneOf("none", "python")] = "none"
     """'none' (single-turn responses) or 'python': the response may write <code>```python ...```</code>; it runs

@@ -44,8 +44,8 @@ def one(arm: str, seed: int, a) -> dict:
     return {"start": res["first_eval"], "end": res["final_eval"], "steps": len(h), "wall": time.time() - t0,
             "tokens": sum(m["tokens/generated"] for m in h), "s_per_step": statistics.mean(m["time/step"] for m in h),
             "responses": len(h) * cfg.batch_size, "eval": [cfg.eval_temperature, cfg.eval_top_p],
-            "segments_per_step": statistics.mean(m.get("tree/segments_trained", float("nan")) for m in h),
-            "dropped_share": statistics.mean(m.get("tree/dropped_share", float("nan")) for m in h)}
+            **({"segments_per_step": statistics.mean(m["tree/segments_trained"] for m in h),
+                "dropped_share": statistics.mean(m["tree/dropped_share"] for m in h)} if "tree/leaves" in h[0] else {})}
 
 
 def main():

@@ -48,7 +48,7 @@ class Config:
     """embedded: held-out problems; other datasets: cap on eval problems"""
     system_prompt: str | None = "auto"
     """system message for the chat template; None: the template's default; 'auto': the embedded task's
-    short one (tasks.EMBEDDED_SYSTEM_PROMPT, fewer tokens than SmolLM2's default) for the embedded datasets,
+    short one (data.EMBEDDED_SYSTEM_PROMPT, fewer tokens than SmolLM2's default) for the embedded datasets,
     else the template's default"""
     enable_thinking: bool | None = None
     """Qwen3 chat templates: thinking on/off (None: template default)"""
@@ -57,7 +57,8 @@ class Config:
     # --- algorithm (Eq. 8-10)
     algo: Annotated[str, OneOf("spo", "grpo", "segment")] = "spo"
     """'spo' (one response per prompt, tracker baseline), 'grpo' (group_size responses, group baseline), or
-    'segment' (Segment Policy Optimization, the other "SPO": per-segment Monte Carlo advantages, segment.py)"""
+    'segment' (Segment Policy Optimization, the other "SPO": per-segment Monte Carlo advantages,
+    extensions/segment.py)"""
     batch_size: Annotated[int, Range(1)] = 16
     """responses per step (SPO: prompts per step; GRPO: batch_size / group_size prompts x group_size)"""
     group_size: Annotated[int, Range(1)] = 4
@@ -178,7 +179,7 @@ class Config:
     token_budget: Annotated[int, Range(0)] = 0
     """stop when the run has generated this many tokens (responses, MC continuations, tree nodes; not the
     offline init or evaluations): arms compared at equal generation; 0 = off"""
-    # --- extension: tools (--tools python; tools.py, sandbox.py)
+    # --- extension: tools (--tools python; extensions/tools.py, sandbox.py)
     tools: Annotated[str, OneOf("none", "python")] = "none"
     """'none' (single-turn responses) or 'python': the response may write <code>```python ...```</code>; it runs
     in the sandbox and its output comes back inside the response as <interpreter>...</interpreter>"""
@@ -192,7 +193,7 @@ class Config:
     """tool calls run at once"""
     sandbox_url: Annotated[str | None, Url()] = None
     """a SandboxFusion server's /run_code URL (the official recipe's sandbox) instead of local processes"""
-    # --- extension: continuous collection (--collect continuous; continuous.py, collector.py)
+    # --- extension: continuous collection (--collect continuous; extensions/continuous.py, collector.py)
     collect: Annotated[str, OneOf("lockstep", "continuous")] = "lockstep"
     """'lockstep' (each step generates its batch and waits for the longest response) or 'continuous'
     (--engine vllm: trajectories stay in flight across steps; a batch is the first B to finish, GRPO: the
@@ -204,7 +205,7 @@ class Config:
     tis_cap: Annotated[float, Range(0, lo_open=True)] = 2.0
     """continuous with --old-logprobs trainer: cap C of the truncated importance weight min(pi_old / pi_behaviour, C)
     on each token's loss (spo.tis_weights); with --old-logprobs engine pi_old is pi_behaviour itself"""
-    # --- extension: Segment Policy Optimization (--algo segment; segment_po.py, segment.py)
+    # --- extension: Segment Policy Optimization (--algo segment; extensions/segment_po.py, segment.py)
     segment_partition: Annotated[str, OneOf("cutpoint", "fixed", "tree")] = "cutpoint"
     """SPO-chain: 'cutpoint' (a boundary every --segment-interval low-probability tokens: the paper's short-CoT
     choice) or 'fixed' (every --segment-size tokens); or 'tree' (SPO-tree, the long-CoT instance: responses

@@ -1,6 +1,5 @@
 """Trainer-side scoring: the log-probs the PPO ratio, the drift D and the engine-vs-trainer check use.
 
-- `Sample`             one sampled response: token ids, the engine's sampling log-probs, finish reason, text
 - `sequence_logprobs`  log pi(y_t | ...) of given responses under the trainer's policy, length-bucketed
 - `policy_mask`, `pad_logprobs`  a batch of Samples as [B, T] tensors
 - `check_sync`, `compare_logprobs`  engine vs trainer on the same tokens: an adapter that did not reach the
@@ -8,24 +7,10 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from spo import token_logprobs
-
-
-@dataclass
-class Sample:
-    """One sampled response. logprobs[t] = log pi(completion_ids[t] | ...) at the sampling temperature."""
-    prompt_ids: list
-    completion_ids: list
-    logprobs: list
-    finish_reason: str       # "stop" (end-of-sequence sampled, in completion_ids), "length", or "tool" (a stop string)
-    text: str
-    mask: list | None = None # 1 = sampled by the policy, 0 = inserted (tool output); None: all sampled
-    info: dict | None = None # per-response counters of a tool rollout (tools.py)
 
 
 def sequence_logprobs(model, prompt_ids: list, completion_ids: list, pad_id: int, temperature: float = 1.0,

@@ -161,7 +161,7 @@ def tis_weights(old_logp, behaviour_logp, mask, cap: float = 2.0):
         w_t = min( pi_old(y_t) / pi_behaviour(y_t), C )                    per token, no gradient
 
     pi_behaviour sampled the tokens (the engine's log-probs, possibly an older adapter: continuous
-    collection, collector.py); pi_old is the trainer's recomputed policy before this update, the
+    collection, extensions/collector.py); pi_old is the trainer's recomputed policy before this update, the
     centre of the PPO trust region (Eq. 10's ratio pi_theta / pi_old). The loss of token t is then
     w_t * PPO-clip_t: an unbiased correction where w_t <= C, truncated above C to bound the variance.
     old_logp, behaviour_logp, mask: [B, T]. Returns (w [B, T], stats: mean and max of the raw ratio,

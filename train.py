@@ -24,12 +24,12 @@ import torch
 from config import Config, ConfigError, apply_profile, learning_rate_at, validate  # noqa: F401 (for callers)
 from data import DataError, format_tasks, read_tasks
 from dist import Dist
-from engines import make_engine, request_seeds
+from extensions.sandbox import SandboxUnavailable, check_server, isolation
+from extensions.tools import ToolEngine
 from models import LoraArgs, SetupError, load_policy
 from rewards import evaluate
+from rollout import make_engine, request_seeds
 from run_dir import GracefulStop, Logger, load_adapter, load_checkpoint, plot, save_checkpoint
-from sandbox import SandboxUnavailable, check_server, isolation
-from tools import ToolEngine
 from trainer import Trainer
 
 # ============================================================== setup
@@ -47,7 +47,7 @@ def load_model_and_engine(cfg: Config, dist: Dist, adapter: str | None):
                          max_new_tokens=cfg.max_completion_length, lora_rank=cfg.lora_r, seed=cfg.seed + dist.rank,
                          gpu_memory_utilization=cfg.gpu_memory_utilization, load_in_4bit=cfg.load_in_4bit,
                          max_loras=adapters)
-    if cfg.tools == "python":            # responses call the Python tool (tools.py, sandbox.py)
+    if cfg.tools == "python":            # responses call the Python tool (extensions/tools.py, sandbox.py)
         engine = ToolEngine(engine, tok, cfg.max_tool_turns, cfg.max_tool_response_length, cfg.tool_timeout,
                             cfg.sandbox_workers, cfg.sandbox_url)
     return model, tok, engine
@@ -114,10 +114,10 @@ def describe(cfg: Config, train_tasks: list, held: list, world: int) -> str:
 def trainer_class(cfg: Config) -> type:
     """The Trainer, or the extension's subclass that overrides the phases it changes."""
     if cfg.collect == "continuous":
-        from continuous import ContinuousTrainer
+        from extensions.continuous import ContinuousTrainer
         return ContinuousTrainer
     if cfg.algo == "segment":
-        from segment_po import SegmentTrainer, TreeTrainer
+        from extensions.segment_po import SegmentTrainer, TreeTrainer
         return TreeTrainer if cfg.segment_partition == "tree" else SegmentTrainer
     return Trainer
 

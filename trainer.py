@@ -1,7 +1,7 @@
 """One SPO (or GRPO) training step as named phases: `Trainer.step`, a method a phase, in the order they run.
 
   1. draw          B prompts, weights sqrt(v(1-v)) + eps from the tracker (GRPO: B/G prompts, shuffled) Eq. 11
-  2. collect       ONE response per prompt (GRPO: G per prompt)                                     engines.py
+  2. collect       ONE response per prompt (GRPO: G per prompt)                                     rollout.py
   3. advantages    rewards; A = r - v_hat_{-1}, normalised over the batch (GRPO: the group mean)  Eq. 8-9
   4. old_logprobs  pi_old of the sampled tokens: the engine's own, or one no-grad trainer pass     logprobs.py
   5. drift         D on each prompt's stored previous response, before the update                Sec. 4.1
@@ -9,7 +9,7 @@
   6. update        PPO-clip mini-batch updates, token-mean                                         Eq. 10
   7. track         rho from D, then alpha, beta                                                    Eq. 5
   8. sync_engine   the new adapter into the engine
-The phases are SPO and GRPO alone. An extension subclasses `Trainer` in its own file and overrides the phases it
+The phases are SPO and GRPO alone. An extension (extensions/) subclasses `Trainer` and overrides the phases it
 changes: continuous.py (draw, collect, the adapter push, the loss weights), segment_po.py (SPO-chain: advantages,
 the loss mask; SPO-tree: draw, collect, advantages; no tracker). The loop around `step` is in train.py.
 """
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from config import Config, learning_rate_at
 from dist import Dist, state_hash
-from engines import request_seeds
 from logprobs import check_sync, compare_logprobs, pad_logprobs, policy_mask, sequence_logprobs
 from rewards import RewardFn
+from rollout import request_seeds
 from sampler import PrioritizedSampler, priority_weights
 from spo import degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages
 from tracker import ValueTracker
@@ -41,7 +41,7 @@ class Batch:
     """One step's data, phase to phase. Rows are global ([B]) unless marked "this rank's" ([b])."""
     tasks: list                          # [B] Task
     keys: list                           # [B] prompt texts, the tracker's keys
-    samples: list = None                 # [b] this rank's responses (logprobs.Sample), rows `Trainer.mine`
+    samples: list = None                 # [b] this rank's responses (rollout.Sample), rows `Trainer.mine`
     rewards: np.ndarray = None           # [B] r in {0, 1}
     v_prev: np.ndarray = None            # [B] v_hat_{-1}: the tracker's values before this step's rewards
     adv: torch.Tensor = None             # [B] normalised advantages (Eq. 9)

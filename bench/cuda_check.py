@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train as T  # noqa: E402
-from engines import HFEngine  # noqa: E402
+from rollout import HFEngine  # noqa: E402
 from logprobs import sequence_logprobs  # noqa: E402
 from models import load_policy  # noqa: E402
 
@@ -46,7 +46,7 @@ def main():
     m16, tok, _ = load_policy(dtype="bf16")
     m32, _, _ = load_policy(dtype="fp32")
     m32.load_state_dict(m16.state_dict())
-    from tasks import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tasks
+    from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tasks
     tasks = embedded_tasks(32, 1, seed=0)[0]
     samples = HFEngine(m16, tok).generate([chat_prompt(tok, t.prompt, EMBEDDED_SYSTEM_PROMPT) for t in tasks], 16, 1.0,
                                           seed=0)

@@ -6,7 +6,7 @@ training pool (in another wording: a word problem, swapped operands) against pro
     python bench/fact_coverage.py none                # the untrained policy, for comparison
 
 The problems are --n-probe more draws from the same generator as the run's pool and held-out set
-(tasks.embedded_tasks with the run's seed and --n-train), so none is a training prompt and the first
+(data.embedded_tasks with the run's seed and --n-train), so none is a training prompt and the first
 --n-eval of them are the run's held-out set. A problem's fact is its operation and operands (sums
 unordered): "What is 3 + 9?", "What is 9 + 3?" and "Tom has 3 coins and gets 9 more..." share one.
 Prints held-out avg@k (at train.py's --eval-temperature / --eval-top-p unless given; docs/results.md's table
@@ -45,7 +45,7 @@ def main():
     import train as T
     from data import format_tasks
     from rewards import evaluate
-    from tasks import embedded_tasks
+    from data import embedded_tasks
     from dist import Dist
     given = {"n_train": a.n_train, "eval_temperature": a.eval_temperature, "eval_top_p": a.eval_top_p}
     cfg = T.Config(seed=a.seed, eval_k=a.eval_k, **{k: v for k, v in given.items() if v is not None})

@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from tasks import chat_prompt, embedded_tasks  # noqa: E402
-from engines import HFEngine  # noqa: E402
+from data import chat_prompt, embedded_tasks  # noqa: E402
+from rollout import HFEngine  # noqa: E402
 from models import LoraArgs, load_policy  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main():
         rows.append(("hf", "base", _timed(hf, prompts, a.max_new_tokens, a.repeats)))
     rows.append(("hf", "LoRA r=16", _timed(hf, prompts, a.max_new_tokens, a.repeats)))
     try:
-        from engines import VLLMEngine
+        from rollout import VLLMEngine
         v = VLLMEngine(path, tok, max_new_tokens=a.max_new_tokens)
         rows.append(("vllm", "base", _timed(v, prompts, a.max_new_tokens, a.repeats)))
         v.load_adapter(model)

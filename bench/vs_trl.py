@@ -85,8 +85,8 @@ def trl(seed: int, a, out: str) -> dict:
     import train as T
     from data import format_tasks, read_tasks
     from rewards import RewardFn
-    from tasks import system_message
-    from engines import HFEngine
+    from data import system_message
+    from rollout import HFEngine
     from models import LoraArgs, load_policy
     cfg = T.Config(seed=seed, n_eval=a.n_eval, eval_temperature=a.eval_temperature, eval_top_p=a.eval_top_p)
     torch.manual_seed(seed)

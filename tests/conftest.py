@@ -27,9 +27,9 @@ def tool_policy(tmp_path_factory):
     can be checked token by token on a real model: (model, tok, path, tasks, prompt texts, demos, adapter dir)."""
     import random
 
-    from tasks import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tool_tasks
+    from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tool_tasks
     from models import load_policy
-    from sft import demonstration, fit
+    from extensions.sft import demonstration, fit
     torch.manual_seed(0)
     model, tok, path = load_policy()
     tasks = embedded_tool_tasks(8, 1, seed=0)[0][:2]

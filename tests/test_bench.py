@@ -79,7 +79,7 @@ def test_vs_trl_pairs_each_spo_arm_with_each_peer_by_seed():
 
 
 def test_fact_coverage_keys_a_problem_by_its_fact_and_probes_beyond_the_held_out_set():
-    from tasks import Task, embedded_tasks
+    from data import Task, embedded_tasks
     from fact_coverage import fact
     q = " Answer with just the number."
     # sums are unordered and their wording is not part of the fact; a difference is ordered

@@ -8,7 +8,7 @@ from data import BOXED_SUFFIX, DataError, gold_answer, load_tasks, read_tasks
 
 from rewards import RewardFn, extract_answer, is_correct
 
-from tasks import Task, embedded_tasks
+from data import Task, embedded_tasks
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 

@@ -1,13 +1,16 @@
-"""What `pip install .` ships: every top-level module, so `import train` works outside the repository.
+"""What `pip install .` ships: every top-level module and the extensions folder, so `import train` works outside
+the repository.
 
 Inside the repository its own folder is on sys.path and hides a module missing from pyproject's py-modules
-(tools, sandbox, collector, segment and sft were, and `import train` from another folder failed on them)."""
+(tools, sandbox, collector, segment and sft once were, and `import train` from another folder failed on them)."""
 import os
 import shutil
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXT = sorted("extensions." + f[:-3] for f in os.listdir(os.path.join(REPO, "extensions")) if f.endswith(".py")
+             and f != "__init__.py")
 MODULES = sorted(f[:-3] for f in os.listdir(REPO) if f.endswith(".py"))
 
 
@@ -16,14 +19,18 @@ def test_plain_install_ships_every_module(tmp_path):
     src.mkdir()      # built from a copy: no build/ left in the repository, and no stale build/lib to ship from
     for f in ["pyproject.toml", "README.md"] + [m + ".py" for m in MODULES]:
         shutil.copy(os.path.join(REPO, f), src / f)
+    shutil.copytree(os.path.join(REPO, "extensions"), src / "extensions", ignore=shutil.ignore_patterns("__pycache__"))
     # no build isolation: setuptools is already here (torch needs it), so nothing is downloaded
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(site), str(src)], check=True, capture_output=True)
     shipped = sorted(f[:-3] for f in os.listdir(site) if f.endswith(".py"))
     assert shipped == MODULES, f"py-modules in pyproject.toml misses {sorted(set(MODULES) - set(shipped))}"
+    ext = sorted("extensions." + f[:-3] for f in os.listdir(site / "extensions") if f.endswith(".py")
+                 and f != "__init__.py")
+    assert ext == EXT and EXT, f"the extensions package ships {ext}, the repository has {EXT}"
     # imported from an empty folder, the installed copies first (not the repository, not an editable finder)
-    code = (f"import sys; sys.path.insert(0, {str(site)!r}); import {', '.join(MODULES)}; "
-            f"print(all(sys.modules[m].__file__.startswith({str(site)!r}) for m in {MODULES!r}))")
+    code = (f"import sys; sys.path.insert(0, {str(site)!r}); import {', '.join(MODULES + EXT)}; "
+            f"print(all(sys.modules[m].__file__.startswith({str(site)!r}) for m in {MODULES + EXT!r}))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

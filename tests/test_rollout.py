@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from tasks import chat_prompt, embedded_tasks
-from engines import HFEngine, PromptTooLong
+from data import chat_prompt, embedded_tasks
+from rollout import HFEngine, PromptTooLong
 from logprobs import SYNC_TOLERANCE, check_sync, sequence_logprobs
 from models import LoraArgs, SetupError, load_policy, resolve_model
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-import sandbox as S
+from extensions import sandbox as S
 
 T = 3.0          # the timeout these tests give each call
 SLACK = 1.5      # start-up and teardown allowed on top of it

@@ -1,10 +1,10 @@
-"""Segment Policy Optimization's pieces on hand-derived numbers (segment.py), and both instances end to end."""
+"""Segment Policy Optimization's pieces on hand-derived numbers (extensions/segment.py), and both instances end to end."""
 import math
 
 import pytest
 import torch
 
-from segment import (chain_advantages, cutpoint_bounds, cutpoints, fixed_bounds, segment_batch, token_advantages,
+from extensions.segment import (chain_advantages, cutpoint_bounds, cutpoints, fixed_bounds, segment_batch, token_advantages,
                      tree_advantages, tree_segments, tree_values)
 from spo import policy_loss
 
@@ -137,13 +137,13 @@ def test_a_tree_training_step(tmp_path, monkeypatch):
     import json
     import os
 
-    import engines
-    import segment_po
+    import rollout
+    from extensions import segment_po
     import train as T
     from logprobs import SYNC_TOLERANCE
     seen, calls = [], []
     real_collect, real_update, real_ids = (segment_po.TreeTrainer.collect, segment_po.TreeTrainer.update,
-                                           engines.HFEngine.generate_ids)
+                                           rollout.HFEngine.generate_ids)
 
     def collect(self, batch, step, m):           # counts the engine calls of the tree's collection only
         calls.append(0)
@@ -160,7 +160,7 @@ def test_a_tree_training_step(tmp_path, monkeypatch):
         real_update(self, batch, step, m)
     monkeypatch.setattr(segment_po.TreeTrainer, "collect", collect)
     monkeypatch.setattr(segment_po.TreeTrainer, "update", update)
-    monkeypatch.setattr(engines.HFEngine, "generate_ids", generate_ids)
+    monkeypatch.setattr(rollout.HFEngine, "generate_ids", generate_ids)
     cfg = dict(algo="segment", segment_partition="tree", tree_branching="2,2", segment_size=4, n_train=4, n_eval=2,
                batch_size=8, max_completion_length=12, eval_k=1, engine="hf", save_every=1)
     full, part = str(tmp_path / "full"), str(tmp_path / "part")

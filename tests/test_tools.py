@@ -1,5 +1,5 @@
 """Tool-integrated rollouts on the real model: the multi-turn sample, its masks token by token, the limits,
-and a training step with tools (tools.py, rollout.py's engines, sandbox.py)."""
+and a training step with tools (extensions/tools.py, rollout.py's engines, extensions/sandbox.py)."""
 import json
 import os
 import subprocess
@@ -10,12 +10,12 @@ import torch
 
 import train as T
 from rewards import RewardFn
-from tasks import embedded_tool_tasks
-from engines import HFEngine, PromptTooLong
+from data import embedded_tool_tasks
+from rollout import HFEngine, PromptTooLong
 from logprobs import SyncError, check_sync, compare_logprobs, pad_logprobs, policy_mask, sequence_logprobs
-from sandbox import interpreter_block
+from extensions.sandbox import interpreter_block
 from spo import policy_loss
-from tools import ToolEngine, tool_metrics
+from extensions.tools import ToolEngine, tool_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -266,8 +266,8 @@ def test_greedy_eval_is_the_temperature_zero_answer(policy):
     """eval/greedy is one T = 0 answer per problem: with sampled evaluation also at T = 0, every one of the
     k samples is that answer, so avg@k, pass@k and maj@k all equal it; at T = 1 they differ from it, and at
     T = 1 with a nucleus of one token they are it again."""
-    from tasks import chat_prompt, embedded_tasks
-    from engines import HFEngine
+    from data import chat_prompt, embedded_tasks
+    from rollout import HFEngine
     model, tok, _ = policy
     _, held = embedded_tasks(8, 12, seed=3)
     fmt = {t.prompt: chat_prompt(tok, t.prompt) for t in held}

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
 
 
 def test_vllm_engine_hot_swaps_the_adapter(policy, prompts):
-    from engines import VLLMEngine
+    from rollout import VLLMEngine
     model, tok, path = policy
     engine = VLLMEngine(path, tok, max_new_tokens=12, seed=0)
     try:
@@ -52,9 +52,9 @@ def test_training_with_the_vllm_engine(tmp_path):
 
 def test_tool_rollout_on_vllm(tool_policy):
     """The tool loop on vLLM: token-id continuation under the LoRA request, stop at </code>, masks as on HF."""
-    from engines import VLLMEngine
+    from rollout import VLLMEngine
     from test_tools import _check_tool_samples
-    from tools import ToolEngine
+    from extensions.tools import ToolEngine
     model, tok, path, tasks, texts, demos, _ = tool_policy
     engine = VLLMEngine(path, tok, max_new_tokens=96, seed=0)
     try:

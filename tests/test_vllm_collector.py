@@ -1,4 +1,4 @@
-"""Continuous collection (collector.py) on a real vLLM engine: carry-over bookkeeping, groups, staleness,
+"""Continuous collection (extensions/collector.py) on a real vLLM engine: carry-over bookkeeping, groups, staleness,
 checkpoints, tool-integrated trajectories; train.py --collect continuous end to end.
 
 After test_vllm.py in the run order, for the same reason: vLLM binds the process's CPU threads."""
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
 
 @pytest.fixture(scope="module")
 def engine(policy):
-    from engines import VLLMEngine
+    from rollout import VLLMEngine
     model, tok, path = policy
     e = VLLMEngine(path, tok, max_new_tokens=24, seed=0, max_loras=3)
     e.load_adapter(model)
@@ -25,7 +25,7 @@ def engine(policy):
 
 
 def _pool(tok, n=12):
-    from tasks import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tasks
+    from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tasks
     tasks = embedded_tasks(n, 1, seed=0)[0]
     return [tok(chat_prompt(tok, t.prompt, EMBEDDED_SYSTEM_PROMPT), add_special_tokens=False)["input_ids"]
             for t in tasks]
@@ -44,7 +44,7 @@ def _draw(seed=0):
 
 
 def test_carry_over_bookkeeping_is_exact(engine, policy):
-    from collector import ContinuousCollector
+    from extensions.collector import ContinuousCollector
     model, tok, _ = policy
     c = ContinuousCollector(engine, _pool(tok), 24, 1.0, batch_size=4, oversample=2.0, max_staleness=100, seed=1)
     draw, calls = _draw()
@@ -73,7 +73,7 @@ def test_carry_over_bookkeeping_is_exact(engine, policy):
 
 
 def test_stale_trajectories_are_dropped_and_adapters_kept_while_used(engine, policy):
-    from collector import ContinuousCollector
+    from extensions.collector import ContinuousCollector
     model, tok, _ = policy
     c = ContinuousCollector(engine, _pool(tok), 24, 1.0, batch_size=4, oversample=2.0, max_staleness=2, seed=2)
     draw, _ = _draw(1)
@@ -98,7 +98,7 @@ def test_stale_trajectories_are_dropped_and_adapters_kept_while_used(engine, pol
 
 
 def test_grpo_batches_are_the_first_complete_groups(engine, policy):
-    from collector import ContinuousCollector
+    from extensions.collector import ContinuousCollector
     model, tok, _ = policy
     c = ContinuousCollector(engine, _pool(tok), 24, 1.0, batch_size=4, group_size=2, oversample=2.0, seed=3)
     draw, _ = _draw(2)
@@ -138,10 +138,10 @@ def test_continuous_training_end_to_end_and_resume(tmp_path):
 def test_tool_trajectories_continue_as_new_requests(tool_policy):
     """--tools python in continuous collection: </code> ends a request, the tool runs in a thread, the trajectory
     continues as a new request from its token ids; greedy, each response equals the taught one token by token."""
-    from collector import ContinuousCollector
-    from engines import VLLMEngine
+    from extensions.collector import ContinuousCollector
+    from rollout import VLLMEngine
     from test_tools import _check_tool_samples
-    from tools import ToolEngine
+    from extensions.tools import ToolEngine
     model, tok, path, tasks, texts, demos, _ = tool_policy
     engine = VLLMEngine(path, tok, max_new_tokens=96, seed=0)
     try:

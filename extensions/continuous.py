@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from collector import ContinuousCollector
 from config import ConfigError
+from extensions.collector import ContinuousCollector
 from logprobs import pad_logprobs
 from spo import tis_weights
 from trainer import Batch, Trainer

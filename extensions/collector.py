@@ -3,7 +3,7 @@
 Lock-step collection generates a batch and waits for its longest response; a group method (GRPO) must
 in addition wait for every member of a group. SPO has no groups, so it can train on whichever responses
 finish first. `ContinuousCollector` keeps about `oversample` x B trajectories in flight on a vLLM engine's
-request-level API (add / step / abort, engines.VLLMEngine) in the trainer's process:
+request-level API (add / step / abort, rollout.VLLMEngine) in the trainer's process:
 
     refill   draw prompts for the free slots, among prompts not already in flight or waiting to be
              trained (one trajectory per prompt at a time), and add one request each
@@ -32,7 +32,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 
-from tools import STOP, ToolTrajectory
+from extensions.tools import STOP, ToolTrajectory
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Trajectory:
     seed: int
     launched: float          # wall-clock time of launch
     tool: object = None      # tools.ToolTrajectory while a tool-integrated response is being built
-    sample: object = None    # logprobs.Sample once landed
+    sample: object = None    # rollout.Sample once landed
     landed: float = 0.0
     tool_started: float = 0.0
 
@@ -52,7 +52,7 @@ class Trajectory:
 class ContinuousCollector:
     """Trajectories in flight across training steps; `collect` returns the next batch (see the module doc).
 
-    engine: engines.VLLMEngine (add / step / abort / busy / version); prompts: the pool's prompt token ids;
+    engine: rollout.VLLMEngine (add / step / abort / busy / version); prompts: the pool's prompt token ids;
     tools: a tools.ToolEngine for tool-integrated responses (its sandbox, pool and limits), or None;
     score(idx, sample) -> reward, to log the reward of every landed response (trained or not), or None.
     """

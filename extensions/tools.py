@@ -22,10 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from engines import Engine, per_row
-
-from logprobs import Sample
-from sandbox import extract_code, interpreter_block, run_code, run_code_remote, wrap_last_line
+from extensions.sandbox import extract_code, interpreter_block, run_code, run_code_remote, wrap_last_line
+from rollout import Engine, Sample, per_row
 
 STOP = ["</code>"]
 ERRORS = ("Traceback (most recent call last)", "TimeoutError:", "OutputError:", "Killed", "SandboxError:",

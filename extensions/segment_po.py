@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from config import prompts_per_step, tree_shape
-from engines import request_seeds
-from logprobs import Sample
-from segment import (cutpoint_bounds, cutpoints, fixed_bounds, segment_batch, tree_advantages, tree_segments,
+from extensions.segment import (cutpoint_bounds, cutpoints, fixed_bounds, segment_batch, tree_advantages, tree_segments,
                      tree_values)
+from rollout import Sample, request_seeds
 from trainer import Batch, Trainer
 
 
@@ -94,7 +93,7 @@ class Tree:
     """One prompt's sampled tree, nodes parents first; node 0 is the prompt (no tokens, parent -1)."""
     prompt_ids: list
     parent: list = field(default_factory=lambda: [-1])
-    samples: list = field(default_factory=lambda: [None])   # node i's own segment (logprobs.Sample), from its parent
+    samples: list = field(default_factory=lambda: [None])   # node i's own segment (rollout.Sample), from its parent
     level: list = field(default_factory=lambda: [0])
     open: list = field(default_factory=list)                # truncated nodes of the newest level: expanded next
 

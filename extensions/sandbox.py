@@ -2,7 +2,7 @@
 
 Standard library only: copy this file alone into another trainer.
 
-    from sandbox import run_code
+    from sandbox import run_code          # in this project: from extensions.sandbox import run_code
     run_code("print(4831 * 2977)")        # -> '14381887\\n'
     run_code("while True: pass")          # -> 'TimeoutError: the code ran longer than 10 s ...' after 10 s
 

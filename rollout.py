@@ -1,10 +1,12 @@
-"""Generation engines: a batch of prompts in, one sampled response (logprobs.Sample) per prompt out.
+"""The rollout: a batch of prompts in, one sampled response (a `Sample`) per prompt out.
 
+- `Sample`      one sampled response: token ids, the engine's sampling log-probs, finish reason, text.
 - `HFEngine`    transformers `generate` on the training policy itself (left-padded batches).
 - `VLLMEngine`  vLLM colocated in the trainer's process; after each optimizer step the adapter alone is
                 saved (tmpfs) and hot-swapped under a fresh `lora_int_id`: never merge-and-push, which
                 breaks on a 4-bit base (TRL #4973, #3654).
 - `make_engine` the one `--engine` asks for.
+- `request_seeds` one seed per request where a response must not depend on its batch-mates.
 
 Sampling for training uses temperature T with top-p 1 and top-k off: truncation renormalises the
 sampling distribution and biases the importance ratio (TRL #6789).
@@ -16,11 +18,23 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 
 import torch
 
-from logprobs import Sample
 from models import SetupError
+
+
+@dataclass
+class Sample:
+    """One sampled response. logprobs[t] = log pi(completion_ids[t] | ...) at the sampling temperature."""
+    prompt_ids: list
+    completion_ids: list
+    logprobs: list
+    finish_reason: str       # "stop" (end-of-sequence sampled, in completion_ids), "length", or "tool" (a stop string)
+    text: str
+    mask: list | None = None # 1 = sampled by the policy, 0 = inserted (tool output); None: all sampled
+    info: dict | None = None # per-response counters of a tool rollout (extensions/tools.py)
 
 
 class PromptTooLong(ValueError):
@@ -165,7 +179,7 @@ class VLLMEngine(Engine):
 
     Requests, one level below `generate`: `add` one request, `step` the engine once (returns the requests
     that finished), `abort` some. `generate_ids` is built on them, so a batch generated for evaluation
-    while other requests are in flight (collector.py) leaves those running and hands their results on.
+    while other requests are in flight (extensions/collector.py) leaves those running and hands their results on.
     """
 
     name = "vllm"

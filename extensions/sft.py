@@ -1,6 +1,6 @@
 """A short supervised warm-up that teaches the tool protocol, saved as a LoRA adapter for `--init-adapter`.
 
-    python sft.py                                   # 16 demonstrations of the embedded tool task -> runs/tools-sft/adapter
+    python -m extensions.sft                        # 16 demonstrations of the embedded tool task -> runs/tools-sft/adapter
     python train.py --dataset embedded-tools --tools python --init-adapter runs/tools-sft/adapter ...
 
 SmolLM2-135M never writes a <code> block from the instruction alone (docs/tools.md), so
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tool_tasks
+from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tool_tasks
+from extensions.sandbox import interpreter_block, run_code
+from extensions.tools import STOP
 from logprobs import sequence_logprobs
 from models import EMBEDDED_MODEL, LoraArgs, load_policy
-from sandbox import interpreter_block, run_code
-from tools import STOP
 
 
 @dataclass

@@ -1,0 +1,9 @@
+"""Optional extensions of the SPO / GRPO core. Each subclasses `trainer.Trainer` (or plugs into its engine) and
+overrides only the phases it changes; the core at the top level never imports them unless a flag asks.
+
+- `continuous.py`, `collector.py`  continuous group-free collection on vLLM's request API (--collect continuous)
+- `segment_po.py`, `segment.py`    Segment Policy Optimization: SPO-chain and SPO-tree (--algo segment);
+                                   `segment.py` (torch only) can be copied alone
+- `tools.py`, `sandbox.py`, `sft.py`  tool-integrated rollouts (--tools python), the Python sandbox (stdlib only,
+                                   can be copied alone), the tool warm-up (`python -m extensions.sft`)
+"""

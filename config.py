@@ -196,12 +196,14 @@ class Config:
     # --- extension: continuous collection (--collect continuous; extensions/continuous.py, collector.py)
     collect: Annotated[str, OneOf("lockstep", "continuous")] = "lockstep"
     """'lockstep' (each step generates its batch and waits for the longest response) or 'continuous'
-    (--engine vllm: trajectories stay in flight across steps; a batch is the first B to finish, GRPO: the
-    first B/G complete groups; the others are carried into later batches)"""
+    (--engine vllm: trajectories stay in flight across steps; a batch is B landed ones, oldest launched first,
+    GRPO: B/G complete groups; the others are carried into later batches)"""
     oversample: Annotated[float, Range(1)] = 1.5
-    """continuous: trajectories kept in flight, as a multiple of the batch"""
+    """continuous: trajectories kept in flight, as a multiple of the batch (at most what --max-staleness absorbs:
+    B x (max_staleness // optimizer steps a batch + 1))"""
     max_staleness: Annotated[int, Range(0)] = 4
-    """continuous: drop trajectories whose adapter is more than this many optimizer steps old (counted)"""
+    """continuous: no trajectory is trained on an adapter more than this many optimizer steps old: a batch waits
+    for one that would pass it (so slow problems are trained, not dropped); any staler still is dropped (counted)"""
     tis_cap: Annotated[float, Range(0, lo_open=True)] = 2.0
     """continuous with --old-logprobs trainer: cap C of the truncated importance weight min(pi_old / pi_behaviour, C)
     on each token's loss (spo.tis_weights); with --old-logprobs engine pi_old is pi_behaviour itself"""

@@ -202,7 +202,9 @@ class VLLMEngine(Engine):
         self.tok, self.max_prompt_length = tokenizer, max_prompt_length
         self.sleep_mode = cuda if enable_sleep_mode is None else enable_sleep_mode
         mem = dict(gpu_memory_utilization=gpu_memory_utilization) if cuda else \
-            dict(kv_cache_memory_bytes=int(cpu_kv_cache_gib * 2**30))   # CPU: a fixed KV cache, not a RAM share
+            dict(kv_cache_memory_bytes=int(cpu_kv_cache_gib * 2**30),   # CPU: a fixed KV cache, not a RAM share
+                 # a prompt split over steps rewinds its seeded generator, which a CPU one cannot do: whole prompts
+                 enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_prompt_length + max_new_tokens))
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under torchrun: one engine per rank, TP 1
             mem["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype if dtype != "auto" else

@@ -1,127 +1,185 @@
-"""No synchronisation barrier, measured: continuous group-free collection against lock-step, on real vLLM.
+"""No synchronisation barrier, measured: continuous group-free collection against lock-step, on real vLLM, with
+tool calls whose latency has a long tail (the paper's agentic setting, §5.4).
 
-    python bench/async_speedup.py                      # 5 arms, 1 seed, ~30 min on 2 cores
-    python bench/async_speedup.py --seeds 2 --steps 12
+    python bench/async_speedup.py --seeds 3            # 5 arms x 3 seeds
+    python bench/async_speedup.py --seeds 1 --steps 4  # a quick look
 
-Workload with a long tail: the embedded task with a long response budget (--max-completion-length 96): most
-responses answer in ~15 tokens, a few ramble to the budget, so a lock-step batch waits for its rambler.
-Every arm trains the embedded model with vLLM (CPU) for --steps steps of 16 trained responses (same model,
-LoRA, learning rate, loss), each run its own process:
+Workload: tool-integrated rollouts (`--tools python`, the embedded tool task after `sft.py`'s warm-up, which the
+bench runs if runs/tools-sft/adapter is missing; a pool of 64 prompts, so F = 2 leaves the sampler 32 to choose
+from). Every tool call goes through `--sandbox-url` to bench/latency_sandbox.py, a loopback server of this process
+speaking SandboxFusion's /run_code schema: it runs the code in the project's sandbox and answers after a latency
+drawn from the log-normal fitted to the paper's Fig. 4b rollout times, times --scale. The latency is on while the
+training loop runs; the offline init and the evaluations (not timed) call the same server without it.
 
-    SPO lock-step              one response per prompt, the batch waits for its longest response
-    SPO continuous F=1.5, 1.75 F x 16 trajectories in flight; a batch is the first 16 to land (collector.py)
-    GRPO lock-step             4 prompts x 4, waits for the longest
-    GRPO first-groups F=1.5    the first 4 groups whose 4 members all landed (the paper's Fig. 5 scheme)
+    SPO lock-step              one response per prompt; every turn waits for the turn's slowest tool call
+    SPO continuous F=1.5, F=2  F x 16 trajectories in flight; a batch is 16 landed ones, oldest first (collector.py)
+    GRPO lock-step             4 prompts x 4, waits for the slowest
+    GRPO first-groups F=2      the first 4 groups whose 4 members all landed (the paper's Fig. 5 scheme)
 
-Prints a table and `speedup <x>`: trained responses per second of loop wall time (the sum of the steps' wall
-time: collection, update, tracker, adapter swap; evaluations and the offline init excluded), SPO continuous
-(F = 1.5) over GRPO lock-step. Writes bench/results/async/{runs.jsonl, async.md}.
+Same model, LoRA, learning rate, loss and --steps x 16 trained responses per arm, each run its own process;
+seeds fixed by --seeds before the run; the SPO arms of a seed share one offline init (the first one's). Prints a
+table and, last, `speedup <x>`: trained responses per second of loop wall time (the sum of the steps' wall time:
+collection, update, tracker, adapter swap), SPO continuous F = 2 over GRPO lock-step, median over seeds; beside it
+what agentic_sim's model predicts for the same latencies. Each finished (arm, seed) appends its record to
+bench/results/async/latency_runs.jsonl and a rerun skips what is recorded; the report goes to latency.md.
 """
 import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 
-from child import emit, run_child
+import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from child import ROOT, emit, run_child
+
 sys.path.insert(0, ROOT)
 
 ARMS = {
     "SPO lock-step": dict(algo="spo"),
     "SPO continuous F=1.5": dict(algo="spo", collect="continuous", oversample=1.5),
-    "SPO continuous F=1.75": dict(algo="spo", collect="continuous", oversample=1.75),   # F=2 would keep all 32
-                                                                                       # prompts of the pool busy
+    "SPO continuous F=2": dict(algo="spo", collect="continuous", oversample=2.0),
     "GRPO lock-step": dict(algo="grpo", group_size=4),
-    "GRPO first-groups F=1.5": dict(algo="grpo", group_size=4, collect="continuous", oversample=1.5),
+    "GRPO first-groups F=2": dict(algo="grpo", group_size=4, collect="continuous", oversample=2.0),
 }
+HEADLINE = "SPO continuous F=2"
+WARMUP = os.path.join(ROOT, "runs", "tools-sft", "adapter")
+TMP = "/tmp/spo-async"
 
 
 def one(arm: str, seed: int, a) -> dict:
     import train as T
-    out = f"/tmp/spo-async/{arm.replace(' ', '_').replace('=', '')}-s{seed}"
-    cfg = T.Config(seed=seed, steps=a.steps, engine="vllm", max_completion_length=a.max_completion_length,
-                   eval_every=0, save_every=0, sync_check_every=0, output_dir=out, overwrite=True, **ARMS[arm])
-    h = T.train(cfg)
-    res, hist = h, h["history"]
+    from latency_sandbox import set_latency
+    loop, finish = T.loop, T.finish
+    T.loop = lambda *x: (set_latency(a.url, True, seed), loop(*x))[1]      # latency on for the timed loop only
+    T.finish = lambda *x: (set_latency(a.url, False), finish(*x))[1]       # off for the final evaluation
+    shared = f"{TMP}/SPO_lock-step-s{seed}/offline_values.json"            # the seed's first SPO arm writes it
+    kw = dict(ARMS[arm])
+    if kw["algo"] == "spo" and arm != "SPO lock-step" and os.path.exists(shared):
+        kw["offline_values"] = shared
+    cfg = T.Config(seed=seed, steps=a.steps, engine="vllm", dataset="embedded-tools", tools="python",
+                   init_adapter=WARMUP, n_train=64, max_completion_length=64, sandbox_url=a.url, sandbox_workers=64,
+                   eval_every=0, save_every=0, sync_check_every=0, overwrite=True,
+                   output_dir=f"{TMP}/{arm.replace(' ', '_').replace('=', '')}-s{seed}", **kw)
+    res = T.train(cfg)
+    hist = res["history"]
     wall = sum(m["time/step"] for m in hist)
     n = len(hist) * cfg.batch_size
+    mean = lambda k: statistics.mean(m.get(k, 0.0) for m in hist)        # noqa: E731
     row = {"start": res["first_eval"], "end": res["final_eval"], "responses": n, "loop_wall": wall,
-           "responses_per_s": n / wall, "s_per_batch": wall / len(hist),
-           "generate_s_per_batch": statistics.mean(m["time/generate"] for m in hist),
-           "len_trained": statistics.mean(m["response_length"] for m in hist),
-           "truncated_trained": statistics.mean(m["truncation_rate"] for m in hist)}
+           "responses_per_s": n / wall, "s_per_batch": wall / len(hist), "generate_s": mean("time/generate"),
+           "train_s": mean("time/train"), "tool_calls": mean("tools/calls"), "turns": mean("tools/turns"),
+           "tool_errors": mean("tools/errors"), "tool_token_share": mean("tools/output_token_share"),
+           "len_trained": mean("response_length"), "reward_trained": mean("reward")}
     if cfg.collect == "continuous":
         last = hist[-1]
-        row.update({"len_landed": last["collect/len_landed"], "reward_landed": last["collect/reward_landed"],
-                    "reward_trained": statistics.mean(m["reward"] for m in hist),
-                    "staleness_mean": statistics.mean(m["collect/staleness_mean"] for m in hist),
-                    "dropped": last["collect/dropped_stale"], "launched": last["collect/launched"]})
-    else:
-        row.update({"len_landed": row["len_trained"], "reward_trained": statistics.mean(m["reward"] for m in hist)})
+        row.update({k: last[f"collect/{k}_landed"] for k in ("len", "reward", "tool_s", "latency")},
+                   tool_s_trained=mean("collect/tool_s_trained"), latency_trained=mean("collect/latency_trained"),
+                   waited_due_s=mean("collect/waited_due_s"), staleness=mean("collect/staleness_mean"),
+                   staleness_max=max(m["collect/staleness_max"] for m in hist),
+                   dropped=last["collect/dropped_stale"], launched=last["collect/launched"])
+    else:    # every launched response is trained; a turn's tool seconds are its slowest call, shared
+        row.update({"len": row["len_trained"], "reward": row["reward_trained"],
+                    "tool_wait_s": mean("tools/seconds")})
     return row
+
+
+def predicted(scale: float, trials: int = 20_000) -> dict:
+    """agentic_sim's model for these latencies, one tool call a response: time to a batch of 16 (lock-step: the
+    slowest of 16; group-free F = 2: the 16th of 32) and the speedup from latency alone."""
+    from agentic_sim import group_based, group_free
+    from latency_sandbox import latencies
+    lock = group_based(latencies(scale, 0, trials * 16).reshape(trials, 16), 4, 4).mean()
+    free = group_free(latencies(scale, 1, trials * 32).reshape(trials, 32), 16).mean()
+    return {"lockstep_s": float(lock), "free_s": float(free), "speedup": float(lock / free)}
+
+
+def report(rows: list, argv: list) -> str:
+    scale, steps = rows[0]["scale"], rows[0]["steps"]
+    def med(arm, f):
+        xs = [f(r) for r in rows if r["arm"] == arm]
+        return statistics.median(xs) if xs else float("nan")
+    lines = [f"`python bench/async_speedup.py {' '.join(argv)}`: embedded tool task after sft.py, vLLM on the CPU, "
+             f"tool latency log-normal (paper Fig. 4b fit) x {scale:g}, {steps} steps x 16 trained responses per arm\n",
+             "| arm | seed | trained responses/s | wall per batch (generate, update) | tool latency trained vs landed | "
+             "waited for due | length trained vs landed | reward trained vs landed | staleness mean/max (dropped) | "
+             "held-out avg@4 | greedy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cont = "launched" in r
+        lat = (f"{r['tool_s_trained']:.1f} vs {r['tool_s']:.1f} s" if cont else f"turn waits {r['tool_wait_s']:.1f} s")
+        lines.append(
+            f"| {r['arm']} | {r['seed']} | {r['responses_per_s']:.3f} | {r['s_per_batch']:.1f} s ({r['generate_s']:.1f}, "
+            f"{r['train_s']:.1f}) | {lat} | {r['waited_due_s']:.1f} s |" if cont else
+            f"| {r['arm']} | {r['seed']} | {r['responses_per_s']:.3f} | {r['s_per_batch']:.1f} s ({r['generate_s']:.1f}, "
+            f"{r['train_s']:.1f}) | {lat} | — |")
+        lines[-1] += (f" {r['len_trained']:.1f} vs {r['len']:.1f} | {r['reward_trained']:.2f} vs {r['reward']:.2f} | "
+                      + (f"{r['staleness']:.2f}/{r['staleness_max']} ({r['dropped']})" if cont else "0 (0)")
+                      + f" | {r['start']['eval/avg@4']:.3f} → {r['end']['eval/avg@4']:.3f} | "
+                        f"{r['start']['eval/greedy']:.3f} → {r['end']['eval/greedy']:.3f} |")
+    rate = {arm: med(arm, lambda r: r["responses_per_s"]) for arm in ARMS}
+    base = rate["GRPO lock-step"]
+    lines += ["", "Median over seeds, trained responses/s over GRPO lock-step: " +
+              ", ".join(f"{arm} {rate[arm] / base:.2f}x" for arm in ARMS if arm != "GRPO lock-step")]
+    seeds = sorted({r["seed"] for r in rows})
+    gain = lambda arm: [next(r for r in rows if r["arm"] == arm and r["seed"] == s)["end"]["eval/avg@4"]  # noqa: E731
+                        for s in seeds]
+    try:
+        d = [x - y for x, y in zip(gain(HEADLINE), gain("SPO lock-step"))]
+        lines.append(f"held-out avg@4 at the end, {HEADLINE} minus SPO lock-step, per seed: "
+                     + ", ".join(f"{x:+.3f}" for x in d))
+    except StopIteration:
+        pass
+    p = predicted(scale)
+    lock_cpu = med("GRPO lock-step", lambda r: r["s_per_batch"] - r["tool_wait_s"])
+    free_s = med(HEADLINE, lambda r: r["s_per_batch"])
+    lines += [f"simulation (agentic_sim, latency alone, one call a response): a batch of 16 in {p['lockstep_s']:.1f} s "
+              f"lock-step vs {p['free_s']:.1f} s group-free F = 2: {p['speedup']:.2f}x. Measured GRPO lock-step: "
+              f"{lock_cpu:.1f} s of its batch is not tool waiting (generation, update); {HEADLINE}: {free_s:.1f} s a batch.",
+              "", f"speedup {rate[HEADLINE] / base:.2f}  ({HEADLINE} over GRPO lock-step, trained responses per second "
+                  f"of loop wall time, median over {len(seeds)} seeds)"]
+    return "\n".join(lines) + "\n"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--max-completion-length", type=int, default=96)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--scale", type=float, default=0.03, help="tool latency = paper Fig. 4b seconds x scale")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of the arms")
-    p.add_argument("--keep", action="store_true", help="keep the rows of runs.jsonl for arms not run now")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "async"))
+    p.add_argument("--report", action="store_true", help="only re-print the report from the records")
     p.add_argument("--arm", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.arm:
         emit(one(a.arm, a.seed, a))
         return
     os.makedirs(a.out, exist_ok=True)
-    rows, log = [], os.path.join(a.out, "runs.jsonl")
-    if a.keep and os.path.exists(log):
-        with open(log) as f:
-            rows = [r for r in map(json.loads, f) if r["arm"] not in a.arms.split(",")]
-    for seed in range(a.seeds):
-        for arm in filter(None, a.arms.split(",")):      # --keep --arms "": only re-print the kept rows
-            rows.append({"arm": arm, "seed": seed, **run_child(__file__, "--arm", arm, "--seed", seed, "--steps", a.steps,
-                                                                "--max-completion-length", a.max_completion_length)})
-            print(json.dumps(rows[-1]), flush=True)
+    log = os.path.join(a.out, "latency_runs.jsonl")        # one line per (arm, seed, scale, steps), appended
+    rows = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
+    rows = [r for r in rows if (r["scale"], r["steps"]) == (a.scale, a.steps) and r["seed"] < a.seeds
+            and r["arm"] in a.arms.split(",")]
+    if not a.report:
+        from latency_sandbox import LatencySandbox
+        if not os.path.isdir(WARMUP):
+            subprocess.run([sys.executable, "-m", "extensions.sft"], cwd=ROOT, check=True)
+        done = {(r["arm"], r["seed"]) for r in rows}
+        with LatencySandbox(a.scale, on=False) as box:
+            for seed in range(a.seeds):
+                for arm in a.arms.split(","):
+                    if (arm, seed) in done:                  # recorded by an earlier run: skipped
+                        continue
+                    rows.append({"arm": arm, "seed": seed, "scale": a.scale, "steps": a.steps, **run_child(
+                        __file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--url", box.url)})
+                    print(json.dumps(rows[-1]), flush=True)
+                    with open(log, "a") as f:
+                        f.write(json.dumps(rows[-1]) + "\n")
     rows.sort(key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
-    with open(log, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    lines = [f"`python bench/async_speedup.py {' '.join(sys.argv[1:])}`: embedded task, vLLM on the CPU, "
-             f"{a.max_completion_length}-token budget, {a.steps} steps x 16 trained responses per arm\n",
-             "| arm | seed | trained responses/s | wall per batch (generate) | generation ms per trained token | "
-             "mean length trained vs landed | reward trained vs landed | staleness (dropped) | held-out avg@4 | greedy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['arm']} | {r['seed']} | {r['responses_per_s']:.2f} | {r['s_per_batch']:.1f} s "
-            f"({r['generate_s_per_batch']:.1f} s) | {1e3 * r['generate_s_per_batch'] / (16 * r['len_trained']):.1f} | "
-            f"{r['len_trained']:.1f} vs {r['len_landed']:.1f} | "
-            f"{r['reward_trained']:.2f} vs {r.get('reward_landed', r['reward_trained']):.2f} | "
-            f"{r.get('staleness_mean', 0):.2f} ({r.get('dropped', 0)}) | "
-            f"{r['start']['eval/avg@4']:.3f} → {r['end']['eval/avg@4']:.3f} | "
-            f"{r['start']['eval/greedy']:.3f} → {r['end']['eval/greedy']:.3f} |")
-
-    def rate(arm):
-        xs = [r["responses_per_s"] for r in rows if r["arm"] == arm]
-        return statistics.median(xs) if xs else float("nan")
-    speed = rate("SPO continuous F=1.5") / rate("GRPO lock-step")
-    lines += ["", f"speedup {speed:.2f}  (SPO continuous F=1.5 over GRPO lock-step, trained responses/s, "
-                  f"median over seeds; F=1.75: {rate('SPO continuous F=1.75') / rate('GRPO lock-step'):.2f}; "
-                  f"SPO lock-step: {rate('SPO lock-step') / rate('GRPO lock-step'):.2f})"]
-
-    def per_token(arm):
-        xs = [r["generate_s_per_batch"] / (16 * r["len_trained"]) for r in rows if r["arm"] == arm]
-        return statistics.median(xs) if xs else float("nan")
-    lines.append(f"generation seconds per trained token, lock-step over continuous F=1.5: SPO "
-                 f"{per_token('SPO lock-step') / per_token('SPO continuous F=1.5'):.2f}x, GRPO "
-                 f"{per_token('GRPO lock-step') / per_token('GRPO first-groups F=1.5'):.2f}x (the barrier's cost alone)")
-    text = "\n".join(lines) + "\n"
+    text = report(rows, sys.argv[1:])
     print(text)
-    with open(os.path.join(a.out, "async.md"), "w") as f:
+    with open(os.path.join(a.out, "latency.md"), "w") as f:
         f.write(text)
 
 

@@ -9,18 +9,28 @@ request-level API (add / step / abort, rollout.VLLMEngine) in the trainer's proc
              trained (one trajectory per prompt at a time), and add one request each
     pump     step the engine; a response that stops at </code> runs its tool call in a thread and
              continues as a new request from its token ids (--tools python); a finished one lands
-    batch    the first B that landed (GRPO: the first B/G groups whose every member landed); the
-             rest keep running, or wait, and go into a later batch
+    batch    B landed trajectories, oldest launched first (GRPO: B/G groups whose every member landed);
+             the rest keep running, or wait, and go into a later batch
 
 Off-policy data, explicitly. A carried trajectory keeps the adapter it started with until it finishes
 (the engine holds up to max_staleness / updates per step + 2 adapter versions; vLLM batches requests of
 several adapters together), so every trajectory has one behaviour policy, and its `opt_step` says which:
 the trainer's optimizer-step count when that adapter was made. Its staleness when trained is the number of optimizer
-steps since. Trajectories staler than `max_staleness` are dropped, in flight (aborted) or landed, and
-counted; the loss corrects the rest with truncated importance weights (spo.tis_weights, continuous.py).
+steps since; the loss corrects for it with truncated importance weights (spo.tis_weights, continuous.py).
 
-Bias, measured: the first finishers are the short ones. `lengths()` gives the mean length of the
-trained responses and of every response that landed; the trainer logs both.
+Staleness is bounded by admission, not by dropping. Dropping what is too stale would bias training toward
+fast problems: a problem whose tool calls always take longer than the bound would never be trained on.
+So, with u optimizer steps per batch and k = max_staleness // u:
+    admit    at most B x (k + 1) trajectories are launched and untrained at any time (the most the bound
+             can absorb: trained oldest first, each is in one of the next k + 1 batches)
+    oldest   a batch takes the landed trajectories in launch order
+    due      a trajectory that the next update would make staler than max_staleness is due: the batch
+             waits for it to land (the waiting is logged), however long its tool takes
+`max_staleness` stays the hard limit: whatever is staler after an update (a checkpoint restored under a
+smaller bound, say) is dropped, in flight (aborted) or landed, and counted.
+
+Bias, measured: `lengths()` gives the mean length, reward, tool seconds and launch-to-land latency of the
+trained trajectories and of every one that landed (trained or not); the trainer logs both.
 
 Checkpoints keep the landed, untrained trajectories (samples and all); those in flight or at a tool are
 lost at a restart, and `state_dict` says how many.
@@ -59,21 +69,23 @@ class ContinuousCollector:
 
     def __init__(self, engine, prompts: list, max_new_tokens: int, temperature: float, batch_size: int,
                  oversample: float = 1.5, group_size: int = 1, max_staleness: int = 4, seed: int = 0, tools=None,
-                 score=None):
+                 score=None, updates: int = 1):
         if oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
         self.engine, self.prompts, self.tools, self.score = engine, prompts, tools, score
         self.max_new_tokens, self.temperature, self.G = max_new_tokens, temperature, group_size
         self.n_groups = batch_size // group_size                              # groups per batch
-        self.target = math.ceil(oversample * self.n_groups)                   # groups launched and not yet trained
-        self.max_staleness, self.seed = max_staleness, seed
+        self.max_staleness, self.seed, self.updates = max_staleness, seed, updates  # updates: optimizer steps a batch
+        self.target = min(math.ceil(oversample * self.n_groups),             # groups launched and not yet trained,
+                          self.n_groups * (max_staleness // updates + 1))     # at most what the bound absorbs
         self.opt_step = 0                        # the trainer's optimizer steps behind the engine's adapter
         self.flight = {}                         # request id -> Trajectory generating in the engine
         self.at_tool = []                        # (future, Trajectory): tool call running
         self.groups = {}                         # group -> its Trajectories (launched, not yet complete)
         self.ready = []                          # complete groups, in landing order, waiting for a batch
         self.n_launched = self.n_trained = self.n_dropped = self.n_lost = 0
-        self.len_landed = self.n_landed = self.reward_landed = 0    # all landed responses: length, count, reward
+        self.landed = dict.fromkeys(("n", "len", "reward", "tool_s", "latency"), 0.0)   # sums over all landed
+        self.waited_due = 0.0                    # seconds the last batch waited for due trajectories
         self._next_group = 0
 
     # ---- what the trainer calls
@@ -82,13 +94,22 @@ class ContinuousCollector:
         return {t.idx for g in self.groups.values() for t in g} | {t.idx for g in self.ready for t in g}
 
     def collect(self, draw) -> list:
-        """The next batch: B trajectories (B/G complete groups, members adjacent), first landed first.
+        """The next batch: B trajectories (B/G complete groups, members adjacent), oldest launched first, once
+        B have landed and no due one is still running (see the module doc).
 
         draw(k, busy) -> k prompt indices not in `busy` (the sampler, Eq. 11, restricted to free prompts).
         """
-        while len(self.ready) < self.n_groups:
+        t_full = None
+        while True:
             self._refill(draw)
+            if len(self.ready) >= self.n_groups:
+                due_ready = sum(self._due(g[0]) for g in self.ready)
+                if due_ready >= self.n_groups or not any(self._due(g[0]) for g in self.groups.values()):
+                    break
+                t_full = t_full or time.time()           # B have landed; a due one is still running
             self._pump()
+        self.waited_due = time.time() - t_full if t_full else 0.0
+        self.ready.sort(key=lambda g: g[0].group)                             # launch order: oldest first
         batch, self.ready = self.ready[:self.n_groups], self.ready[self.n_groups:]
         out = [t for g in batch for t in g]
         self.n_trained += len(out)
@@ -118,11 +139,15 @@ class ContinuousCollector:
         return {t.version for g in self.groups.values() for t in g}
 
     def lengths(self, batch: list) -> dict:
-        """Mean response length (and reward): this batch's (trained) vs every response landed so far, trained
-        or not (the first finishers are the short ones: this is that bias, measured)."""
-        n = max(self.n_landed, 1)
-        return {"collect/len_trained": sum(len(t.sample.completion_ids) for t in batch) / max(len(batch), 1),
-                "collect/len_landed": self.len_landed / n, "collect/reward_landed": self.reward_landed / n}
+        """Means over this batch (trained) and over every trajectory landed so far, trained or not: response
+        length, reward (landed only: the trainer logs the batch's), tool seconds, launch-to-land latency.
+        Fast finishers are trained first; this is that bias, measured."""
+        n, b = max(self.landed["n"], 1), max(len(batch), 1)
+        return {"collect/len_trained": sum(len(t.sample.completion_ids) for t in batch) / b,
+                "collect/tool_s_trained": sum((t.sample.info or {}).get("tool_s", 0.0) for t in batch) / b,
+                "collect/latency_trained": sum(t.landed - t.launched for t in batch) / b,
+                "collect/waited_due_s": self.waited_due,
+                **{f"collect/{k}_landed": self.landed[k] / n for k in ("len", "reward", "tool_s", "latency")}}
 
     def in_flight(self) -> int:
         return sum(len(g) for g in self.groups.values())
@@ -139,19 +164,23 @@ class ContinuousCollector:
     def state_dict(self) -> dict:
         return {"ready": self.ready, "opt_step": self.opt_step, "lost_at_save": self.in_flight(),
                 "counts": (self.n_launched, self.n_trained, self.n_dropped, self.n_lost + self.in_flight()),
-                "landed": (self.len_landed, self.n_landed, self.reward_landed), "next_group": self._next_group}
+                "landed": self.landed, "next_group": self._next_group}
 
     def load_state_dict(self, state: dict) -> int:
         """Restore; returns how many trajectories were in flight at the save (lost: they are not resumed)."""
         self.ready, self.opt_step, self._next_group = state["ready"], state["opt_step"], state["next_group"]
         self.n_launched, self.n_trained, self.n_dropped, self.n_lost = state["counts"]
-        self.len_landed, self.n_landed, self.reward_landed = state["landed"]
+        self.landed = state["landed"]
         for g in self.ready:                     # the new engine numbers its adapters afresh
             for t in g:
                 t.version = 0
         return state["lost_at_save"]
 
     # ---- inside
+    def _due(self, t: Trajectory) -> bool:
+        """Would the next update (`updates` optimizer steps) leave this trajectory staler than the bound?"""
+        return self.opt_step + self.updates - t.opt_step > self.max_staleness
+
     def _refill(self, draw) -> None:
         free = self.target - len(self.groups) - len(self.ready)
         if free <= 0:
@@ -205,9 +234,9 @@ class ContinuousCollector:
 
     def _land(self, t: Trajectory, sample) -> None:
         t.sample, t.landed = sample, time.time()
-        self.len_landed += len(sample.completion_ids)
-        self.n_landed += 1
-        self.reward_landed += self.score(t.idx, sample) if self.score else 0.0
+        for k, x in (("n", 1), ("len", len(sample.completion_ids)), ("tool_s", (sample.info or {}).get("tool_s", 0.0)),
+                     ("latency", t.landed - t.launched), ("reward", self.score(t.idx, sample) if self.score else 0.0)):
+            self.landed[k] += x
         g = self.groups[t.group]
         if all(m.sample is not None for m in g):
             self.ready.append(self.groups.pop(t.group))

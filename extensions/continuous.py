@@ -39,7 +39,8 @@ class ContinuousTrainer(Trainer):
             cfg.max_completion_length, cfg.temperature, cfg.batch_size, cfg.oversample,
             cfg.group_size if cfg.algo == "grpo" else 1, cfg.max_staleness, cfg.seed,
             tools=engine if cfg.tools == "python" else None,
-            score=lambda i, s: self.reward_fn(s.text, train_tasks[i].answer))
+            score=lambda i, s: self.reward_fn(s.text, train_tasks[i].answer),
+            updates=cfg.num_minibatches * cfg.ppo_epochs)      # optimizer steps a batch (trainer.update)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "collector": self.collector.state_dict()}

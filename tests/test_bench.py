@@ -93,3 +93,31 @@ def test_fact_coverage_keys_a_problem_by_its_fact_and_probes_beyond_the_held_out
         pool2, probe = embedded_tasks(32, 200, seed)
         assert pool2 == pool and probe[:32] == held and len(probe) == 200
         assert not {t.prompt for t in pool} & {t.prompt for t in probe}
+
+
+# ---------------------------------------------------------------- async_speedup's tool server
+
+def test_latency_sandbox_answers_like_sandboxfusion_after_its_seeded_long_tailed_latency():
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from latency_sandbox import LatencySandbox, latencies, set_latency
+    from extensions.sandbox import run_code_remote
+    with LatencySandbox(scale=0.004, on=False) as box:
+        assert box.url.startswith("http://127.0.0.1:")
+        assert run_code_remote("print(6 * 7)", box.url) == "42\n"               # the project's sandbox, remotely
+        assert "ZeroDivisionError" in run_code_remote("1 / 0", box.url)
+        set_latency(box.url, True, seed=5)
+        want = latencies(0.004, 5, 8)                                           # the draws, in call order
+        assert np.allclose([box.draw() for _ in range(8)], want)
+        set_latency(box.url, True, seed=5)
+        t0 = time.time()
+        assert run_code_remote("print(1)", box.url) == "1\n" and time.time() - t0 >= want[0]
+        set_latency(box.url, True, seed=6)
+        lat = latencies(0.004, 6, 12)
+        t0 = time.time()
+        with ThreadPoolExecutor(12) as pool:                                    # waiting costs no CPU: calls overlap
+            assert list(pool.map(lambda i: run_code_remote(f"print({i})", box.url), range(12))) == \
+                [f"{i}\n" for i in range(12)]
+        wall = time.time() - t0
+        assert lat.max() <= wall < lat.max() + 0.5 * lat.sum()
+        assert lat.max() / np.median(lat) > 2                                  # a long tail: the slowest sets the wall

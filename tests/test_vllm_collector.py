@@ -57,8 +57,8 @@ def test_carry_over_bookkeeping_is_exact(engine, policy):
         # every launched trajectory is trained, carried (landed, waiting), in flight, or dropped
         assert c.n_launched == c.n_trained + sum(len(g) for g in c.ready) + c.in_flight() + c.n_dropped
         assert c.in_flight() + sum(len(g) for g in c.ready) <= 8                # oversample x B
-        carried = [t.landed for g in c.ready for t in g]
-        assert not carried or max(t.landed for t in batch) <= min(carried)     # a batch: the first to land
+        carried = [t.group for g in c.ready for t in g]
+        assert not carried or max(t.group for t in batch) < min(carried)       # landed ones, oldest launched first
     assert all(not set(out) & busy for busy, out in calls)                   # draws only among free prompts
     assert c.n_trained == 16 and c.n_dropped == 0
     lens = c.lengths(batch)
@@ -94,6 +94,36 @@ def test_stale_trajectories_are_dropped_and_adapters_kept_while_used(engine, pol
     batch = c.collect(draw)                           # launches afresh under the new adapter
     assert {t.opt_step for t in batch} == {3} and {t.version for t in batch} == {v0 + 3}
     assert engine.llm.llm_engine.list_loras() == {v0 + 3}
+    c.close()
+
+
+def test_staleness_is_bounded_by_admission_and_waiting_not_by_dropping(engine, policy):
+    """With u optimizer steps a batch and k = max_staleness // u, at most B x (k + 1) trajectories are launched and
+    untrained; a trajectory the next update would make too stale is waited for, so nothing is dropped."""
+    from extensions.collector import ContinuousCollector
+    model, tok, _ = policy
+    # the bound absorbs one batch (2 // 4 + 1 = 1): F = 2 is cut to lock-step's B in flight
+    c = ContinuousCollector(engine, _pool(tok), 24, 1.0, batch_size=4, oversample=2.0, max_staleness=2, updates=4)
+    draw, _ = _draw(3)
+    for step in range(3):
+        batch = c.collect(draw)
+        assert c.in_flight() + sum(len(g) for g in c.ready) <= 4 and {t.opt_step for t in batch} == {4 * step}
+        assert c.advance(4 * (step + 1)) == 0
+    c.close()
+    # k = 1: two batches' worth in flight; what the first batch leaves is due at the second and waited for
+    c = ContinuousCollector(engine, _pool(tok), 24, 1.0, batch_size=4, oversample=2.0, max_staleness=2, updates=2,
+                            seed=4)
+    draw, _ = _draw(4)
+    first = c.collect(draw)
+    assert c.in_flight() + sum(len(g) for g in c.ready) == 4 and c.waited_due == 0.0
+    left = {t.group for g in list(c.groups.values()) + c.ready for t in g}
+    assert c.advance(2) == 0
+    second = c.collect(draw)                          # 2 + 2 - 0 > 2: every opt_step-0 trajectory is due now
+    assert {t.group for t in second} == left and {t.opt_step for t in second} == {0}
+    assert {t.opt_step for g in list(c.groups.values()) + c.ready for t in g} == {2}
+    assert c.advance(4) == 0 and c.n_dropped == 0 and len({t.idx for t in first + second}) == 8
+    lens = c.lengths(second)
+    assert lens["collect/latency_trained"] > 0 and lens["collect/latency_landed"] > 0 and lens["collect/waited_due_s"] >= 0
     c.close()
 
 

@@ -37,12 +37,16 @@ class OneOf:
 
 
 class Counts:
-    """Comma-separated positive integers, e.g. "6,6,6"."""
+    """Comma-separated positive integers, e.g. "6,6,6"; each at most `hi` if given."""
+
+    def __init__(self, hi: int | None = None):
+        self.hi = hi
 
     def error(self, x) -> str | None:
         parts = str(x).split(",")
-        return None if all(p.strip().isdigit() and int(p) > 0 for p in parts) else \
-            f"must be positive integers separated by commas (e.g. 4,4), got {x!r}"
+        if all(p.strip().isdigit() and 0 < int(p) <= (self.hi or int(p)) for p in parts):
+            return None
+        return f"must be positive integers{f' up to {self.hi}' if self.hi else ''} separated by commas (e.g. 4,4), got {x!r}"
 
 
 class Path:

@@ -46,6 +46,14 @@ class Config:
     back every ~2 steps)"""
     n_eval: Annotated[int, Range(0)] = 32
     """embedded: held-out problems; other datasets: cap on eval problems"""
+    embedded_levels: Annotated[str, Counts(hi=9)] = "1,1,1,2,4"
+    """embedded: the difficulty levels (data._make: 1 one-digit sums, 2 differences, 3 a carry, 4 word problems,
+    5 three addends, 6 two two-digit numbers, 7 their difference, 8 one-digit products, 9 a teen times a digit)
+    the pool and the held-out set draw from, a level as often as it is listed"""
+    sft_steps: Annotated[int, Range(0)] = 0
+    """embedded: supervised warm-up steps before RL (extensions/sft.py): 32 one-digit sums outside the pool and
+    the held-out set, answered 'a + b = c', so the policy follows the answer format and RL works on correctness per
+    prompt (e.g. 20 with --embedded-levels 3,5,6,8,9); AdamW at 2e-4; not with --init-adapter or --resume"""
     system_prompt: str | None = "auto"
     """system message for the chat template; None: the template's default; 'auto': the embedded task's
     short one (data.EMBEDDED_SYSTEM_PROMPT, fewer tokens than SmolLM2's default) for the embedded datasets,

@@ -46,8 +46,9 @@ _THINGS = ["apples", "pens", "books", "coins", "cards", "shells", "stamps", "mar
 
 
 def _make(level: int, rng: random.Random) -> Task:
-    """One problem of a difficulty level: 1 one-digit sums, 2 one-digit differences, 3 sums of a
-    two-digit and a one-digit number, 4 one-step word problems, 5 three one-digit addends."""
+    """One problem of a difficulty level: 1 one-digit sums, 2 one-digit differences, 3 sums of a two-digit and a
+    one-digit number, 4 one-step word problems, 5 three one-digit addends, 6 sums of two two-digit numbers,
+    7 differences of two two-digit numbers, 8 one-digit products, 9 products of a teen and a one-digit number."""
     a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
     if level == 1:
         q, x = f"What is {a} + {b}?", a + b
@@ -62,8 +63,20 @@ def _make(level: int, rng: random.Random) -> Task:
         q, x = f"{who} has {a} {what} and gets {b} more. How many {what} does {who} have now?", a + b
     elif level == 5:
         q, x = f"What is {a} + {b} + {c}?", a + b + c
+    elif level == 6:
+        a, b = rng.randint(10, 49), rng.randint(10, 49)
+        q, x = f"What is {a} + {b}?", a + b
+    elif level == 7:
+        a, b = rng.randint(50, 99), rng.randint(10, 49)
+        q, x = f"What is {a} - {b}?", a - b
+    elif level == 8:
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        q, x = f"What is {a} * {b}?", a * b
+    elif level == 9:
+        a, b = rng.randint(11, 19), rng.randint(2, 9)
+        q, x = f"What is {a} * {b}?", a * b
     else:
-        raise ValueError(f"level must be 1..5, got {level}")
+        raise ValueError(f"level must be 1..9, got {level}")
     return Task(q + " Answer with just the number.", str(x), level)
 
 
@@ -317,7 +330,7 @@ def read_tasks(cfg):
     """(train tasks, held-out tasks) for train.Config `cfg`, read and checked before anything is loaded or
     written: a bad file stops here with a DataError naming FILE:LINE."""
     if cfg.dataset == "embedded":
-        return embedded_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
+        return embedded_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed, levels=tuple(map(int, cfg.embedded_levels.split(","))))
     if cfg.dataset == "embedded-tools":
         return embedded_tool_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
     train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)

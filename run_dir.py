@@ -192,9 +192,16 @@ def plot(out_dir: str, history: list, evals: list) -> None:
     ax[1].plot(steps, [m["adv/raw_var"] for m in history], label="advantage variance")
     ax[1].plot(steps, [m["adv/noBaseline_var"] for m in history], label="no-baseline variance")
     ax[1].set_title("unnormalised advantage variance")
+    if "grpo/degenerate_share" in (history[0] if history else {}):       # GRPO: the samples with no signal
+        ax[1].plot(steps, [m["grpo/live_raw_var"] for m in history], label="advantage variance, live groups")
+        ax[2].plot(steps, [m["grpo/degenerate_share"] for m in history])
+        ax[2].set_title("share of samples in groups whose rewards agree")
+    else:
+        ax[2].plot(steps, [m["tracker/brier"] for m in history], label="tracker Brier score (v_hat_-1 vs r)")
+        ax[2].plot(steps, [m["adv/noBaseline_var"] for m in history], label="batch reward variance")
+        ax[2].set_title("how well v_hat_-1 predicts r")
+        ax[2].legend()
     ax[1].legend()
-    ax[2].plot(steps, [m["tracker/brier"] for m in history])
-    ax[2].set_title("tracker Brier score (v_hat_-1 vs r)")
     for a in ax:
         a.set_xlabel("step")
     fig.tight_layout()

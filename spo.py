@@ -67,6 +67,14 @@ def degenerate_share(rewards, group_size: int) -> float:
     return (g == g[:, :1]).all(dim=1).double().mean().item()
 
 
+def live_group_var(rewards, group_size: int) -> float:
+    """Variance of GRPO's unnormalised advantage r - mean_group over the samples of groups whose rewards disagree:
+    the variance of the signal GRPO trains on, beside SPO's r - v_hat over its whole batch. 0 if every group agrees."""
+    g = torch.as_tensor(rewards, dtype=torch.float64).flatten().view(-1, group_size)
+    a = (g - g.mean(dim=1, keepdim=True))[~(g == g[:, :1]).all(dim=1)]            # [live groups, G]
+    return a.var(unbiased=False).item() if a.numel() else 0.0
+
+
 # ============================================================== policy losses
 
 

@@ -159,8 +159,12 @@ def train(cfg: Config) -> dict:
     if state is not None:
         tr.load_state_dict(state)
         dist.say(f"resumed from {ckpt_dir} at step {tr.start}")
-    elif cfg.algo == "spo":
-        offline_init(tr)
+    else:
+        if cfg.sft_steps and cfg.dataset == "embedded" and not cfg.init_adapter:
+            from extensions.sft import format_warmup
+            format_warmup(tr)                # the answer format first, so RL works on correctness per prompt
+        if cfg.algo == "spo":
+            offline_init(tr)
     log = Logger(cfg, tr.start, cfg.resume) if dist.main else None
     if tr.start == 0 and dist.main:
         log.eval(0, evaluate(cfg, engine, held, fmt))

@@ -30,7 +30,7 @@ from logprobs import check_sync, compare_logprobs, pad_logprobs, policy_mask, se
 from rewards import RewardFn
 from rollout import request_seeds
 from sampler import PrioritizedSampler, priority_weights
-from spo import degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages
+from spo import degenerate_share, grpo_advantages, live_group_var, policy_drift, policy_loss, spo_advantages
 from tracker import ValueTracker
 
 # ============================================================== what a step carries
@@ -196,7 +196,7 @@ class Trainer:
             G = cfg.group_size
             batch.adv = grpo_advantages(r, G)
             batch.raw = r - r.reshape(-1, G).mean(1).repeat(G)
-            m["grpo/degenerate_share"] = degenerate_share(r, G)
+            m["grpo/degenerate_share"], m["grpo/live_raw_var"] = degenerate_share(r, G), live_group_var(r, G)
 
     # ---- 4. pi_old: the sampling policy's log-probs of its own tokens
     def old_logprobs(self, batch: Batch, m: dict) -> None:

@@ -1,10 +1,19 @@
-"""A short supervised warm-up that teaches the tool protocol, saved as a LoRA adapter for `--init-adapter`.
+"""Short supervised warm-ups: the answer format of the embedded task (run by train.py, `--sft-steps`), and the
+tool protocol (saved as a LoRA adapter for `--init-adapter`).
 
-    python -m extensions.sft                        # 16 demonstrations of the embedded tool task -> runs/tools-sft/adapter
+    python train.py --sft-steps 20 --embedded-levels 3,5,6,8,9    # the format warm-up, then RL
+    python -m extensions.sft                                       # the tool warm-up -> runs/tools-sft/adapter
     python train.py --dataset embedded-tools --tools python --init-adapter runs/tools-sft/adapter ...
 
-SmolLM2-135M never writes a <code> block from the instruction alone (docs/tools.md), so
-RL has nothing to reinforce. This is the smallest honest bootstrap: demonstrations on problems of the task
+The format warm-up. SmolLM2-135M sampled at T = 1 answers an arithmetic question in the format asked for a fifth
+of the time, whatever the problem, so the largest gain open to RL is one global change of format that moves
+every prompt at once: the opposite of the paper's regime, where the model already follows the answer format and
+per-prompt success rates differ widely and move slowly. 20 steps on 32 one-digit sums (a level outside the pool
+and the held-out set) answered as `a + b = c`<eos> teach the format; what the policy then gets right depends on
+the problem (9 * 8 = 64, every time; 12 * 4 = 48, every time), which is what the tracker predicts and RL improves.
+
+The tool warm-up. SmolLM2-135M never writes a <code> block from the instruction alone (docs/tools.md), so RL has
+nothing to reinforce. This is the smallest honest bootstrap: demonstrations on problems of the task
 that RL never trains or evaluates on, each one real tool use, in the token layout the rollout produces:
 
     <code>\\n```python\\nprint(a * b)\\n```\\n</code>          policy tokens    (loss)
@@ -21,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tool_tasks
+from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tasks, embedded_tool_tasks, system_message
 from extensions.sandbox import interpreter_block, run_code
 from extensions.tools import STOP
 from logprobs import sequence_logprobs
@@ -77,7 +86,8 @@ def demonstration(tok, task) -> tuple[list, list]:
     return ids, mask
 
 
-def fit(model, tok, prompts: list, demos: list, steps: int, batch_size: int, lr: float, rng: random.Random) -> float:
+def fit(model, tok, prompts: list, demos: list, steps: int, batch_size: int, lr: float, rng: random.Random,
+        say=lambda x: print(x, flush=True)) -> float:
     """Supervised steps on (prompt ids, (response ids, mask)) pairs: token-mean NLL of the masked-in tokens."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
@@ -94,8 +104,33 @@ def fit(model, tok, prompts: list, demos: list, steps: int, batch_size: int, lr:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step == 1 or step % 10 == 0 or step == steps:
-            print(f"sft step {step}/{steps}: loss {loss.item():.4f}", flush=True)
+            say(f"sft step {step}/{steps}: loss {loss.item():.4f}")
     return loss.item()
+
+
+def format_demos(cfg, tok, exclude: set) -> tuple[list, list, list]:
+    """(tasks, prompt ids, (response ids, mask)) of 32 one-digit sums not in `exclude` (the pool and held-out set),
+    each answered as 'a + b = c'<eos> (every response token trained), in the chat format of the run's prompts."""
+    tasks = [t for t in embedded_tasks(81, 0, seed=cfg.seed + 1_000_003, levels=(1,))[0] if t.prompt not in exclude]
+    prompts, demos = [], []
+    for t in tasks[:32]:
+        prompts.append(tok(chat_prompt(tok, t.prompt, system_message(cfg), cfg.enable_thinking),
+                           add_special_tokens=False)["input_ids"])
+        expr = t.prompt.split("What is ", 1)[1].split("?", 1)[0]                 # "3 + 4"
+        ids = tok(f"{expr} = {t.answer}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        demos.append((ids, [1] * len(ids)))
+    return tasks[:32], prompts, demos
+
+
+def format_warmup(tr) -> float:
+    """train.py's warm-up (--sft-steps) on a trainer's policy: `format_demos` in batches of 8, AdamW at 2e-4
+    whatever --learning-rate says (RL's rate is not the warm-up's). Returns the last loss; the engine gets the
+    warmed-up adapter."""
+    _, prompts, demos = format_demos(tr.cfg, tr.tok, {t.prompt for t in tr.train_tasks + tr.held})
+    loss = fit(tr.model, tr.tok, prompts, demos, tr.cfg.sft_steps, 8, 2e-4, random.Random(tr.cfg.seed),
+               say=tr.dist.say)
+    tr.engine.load_adapter(tr.model)
+    return loss
 
 
 def main(a: Args) -> str:

@@ -41,7 +41,7 @@ def bad_values(name: str, check, tmp) -> list:
     if isinstance(check, OneOf):
         return ["bogus"]
     if isinstance(check, Counts):
-        return ["0,2", "2,,2", "2.5", "-2", "two", ""]
+        return ["0,2", "2,,2", "2.5", "-2", "two", ""] + ([f"2,{check.hi + 1}"] if check.hi else [])
     folder, text = tmp / "empty-folder", tmp / "notes.txt"
     folder.mkdir(exist_ok=True)
     text.write_text("x")

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from spo import (degenerate_share, grpo_advantages, policy_drift, policy_loss, spo_advantages, tis_weights,
-                 token_logprobs)
+from spo import (degenerate_share, grpo_advantages, live_group_var, policy_drift, policy_loss, spo_advantages,
+                 tis_weights, token_logprobs)
 
 # --------------------------------------------------------------- advantages
 
@@ -48,6 +48,9 @@ def test_grpo_advantages_and_degenerate_groups():
     torch.testing.assert_close(grpo_advantages(r, 4, scale=False), torch.tensor([0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]))
     assert degenerate_share(r, 4) == 0.5
     assert degenerate_share([0, 1, 0, 0], 2) == 0.5
+    # the live group alone: r - mean = .75, -.25, -.25, -.25 (mean 0), variance (.5625 + 3 * .0625) / 4 = .1875
+    assert live_group_var(r, 4) == pytest.approx(0.1875)
+    assert live_group_var([1, 0, 0, 1], 2) == pytest.approx(0.25) and live_group_var([1, 1, 0, 0], 2) == 0.0
     with pytest.raises(ValueError, match="group_size=3"):
         grpo_advantages(r, 3)
 

@@ -53,7 +53,7 @@ class Config:
     sft_steps: Annotated[int, Range(0)] = 0
     """embedded: supervised warm-up steps before RL (extensions/sft.py): 32 one-digit sums outside the pool and
     the held-out set, answered 'a + b = c', so the policy follows the answer format and RL works on correctness per
-    prompt (e.g. 20 with --embedded-levels 3,5,6,8,9); AdamW at 2e-4; not with --init-adapter or --resume"""
+    prompt (e.g. 20 with --embedded-levels 3,5,6,8,9); AdamW at 2e-4; a fresh run only (not with --init-adapter)"""
     system_prompt: str | None = "auto"
     """system message for the chat template; None: the template's default; 'auto': the embedded task's
     short one (data.EMBEDDED_SYSTEM_PROMPT, fewer tokens than SmolLM2's default) for the embedded datasets,
@@ -369,6 +369,11 @@ def validate(cfg: Config) -> None:
                  f"--collect continuous keeps {math.ceil(cfg.oversample * prompts)} prompts busy "
                  f"(--oversample x prompts per step); the pool (--n-train {cfg.n_train}) must hold more")
     need(cfg.rho_min <= cfg.rho_max, f"--rho-min {cfg.rho_min} must be <= --rho-max {cfg.rho_max}")
+    if cfg.sft_steps and not cfg.resume:
+        need(cfg.dataset == "embedded", f"--sft-steps teaches the embedded task's answer format: use it with "
+             f"--dataset embedded, not {cfg.dataset}")
+        need(not cfg.init_adapter, "--sft-steps warms up the fresh adapter, --init-adapter brings a trained one: "
+             "pass one of them")
     if cfg.dataset in EMBEDDED_DATASETS:
         need(prompts <= cfg.n_train, f"--batch-size {cfg.batch_size} needs {prompts} distinct prompts a step "
              f"but the pool has --n-train {cfg.n_train}")

@@ -160,7 +160,7 @@ def train(cfg: Config) -> dict:
         tr.load_state_dict(state)
         dist.say(f"resumed from {ckpt_dir} at step {tr.start}")
     else:
-        if cfg.sft_steps and cfg.dataset == "embedded" and not cfg.init_adapter:
+        if cfg.sft_steps:
             from extensions.sft import format_warmup
             format_warmup(tr)                # the answer format first, so RL works on correctness per prompt
         if cfg.algo == "spo":

@@ -23,10 +23,22 @@ medians and the paired differences SPO - TRL and SPO - our GRPO. Two more SPO ar
 docs/results.md) and "our SPO (uniform, short window)" (the same with
 --uniform-sampling, the ablation of Eq. 11), and "our SPO (pool 64)" (--n-train 64: a pool four times the
 batch, so Eq. 11 can pass over solved prompts; the embedded held-out set follows the pool, so it is another
-32 problems and this arm is reported but paired with none). Run it alone: two torch processes slow each
-other ~10x.
+32 problems and this arm is reported but paired with none), and the paper's two ablations, "our SPO (no
+baseline)" (--no-baseline) and "our SPO (no offline init)" (--offline-samples 0).
+
+    python bench/vs_trl.py --set learning_rate=5e-5 --set sft_steps=20 --set embedded_levels=3,5,6,8,9 ...
+
+--set FIELD=VALUE changes a train.py option for every arm (TRL's too: its task, warm-up, rate, temperature and
+budget come from the same Config). Each row records its setting (the options that define the task and the
+budget) and its evaluation protocol; a report covers the rows of the setting and protocol asked for. Each
+finished (arm, seed) appends its row, and a rerun skips the (arm, seed) pairs already recorded, so a table
+grows over several runs. Our arms also record what the tracker does: mean adv/raw_var over mean
+adv/noBaseline_var (the paper's Fig. 3 ratio), the Brier score against the reward variance over the second half,
+GRPO's degenerate share and the variance of its live groups. Run it alone: two torch processes slow each other
+~10x.
 """
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -45,7 +57,14 @@ OURS = {                                     # our arms: run folder name, Config
     "our SPO (short window)": ("SPO-short-window", SHORT_WINDOW),
     "our SPO (uniform, short window)": ("SPO-uniform", dict(uniform_sampling=True, **SHORT_WINDOW)),
     "our SPO (pool 64)": ("SPO-pool64", dict(n_train=64)),
+    "our SPO (no baseline)": ("SPO-no-baseline", dict(no_baseline=True)),
+    "our SPO (no offline init)": ("SPO-no-offline", dict(offline_samples=0)),
 }
+# the options that define a row's task and budget: rows of one setting are compared, others are not
+SETTING = ("embedded_levels", "sft_steps", "n_train", "offline_samples", "learning_rate", "temperature",
+           "max_completion_length", "batch_size", "num_minibatches")
+OLD_SETTING = dict(embedded_levels="1,1,1,2,4", sft_steps=0, n_train=32, offline_samples=4, learning_rate=2e-4,
+                   temperature=1.0, max_completion_length=16, batch_size=16, num_minibatches=2)   # rows before the field
 ARMS = ["TRL GRPO 4x4", *OURS]
 PEERS, SPO_DEFAULT = ARMS[:2], "our SPO (default)"
 DEFAULT_ARMS = [*PEERS, SPO_DEFAULT]         # the ablation arms run only when named with --arms
@@ -57,10 +76,42 @@ def protocol_of(row: dict) -> list:
     return row.get("eval", [1.0, 1.0])
 
 
+def setting_of(row: dict) -> dict:
+    return row.get("setting", OLD_SETTING)
+
+
+def overrides(pairs: list) -> dict:
+    """--set FIELD=VALUE pairs as Config fields, each value parsed as its field's type."""
+    import train as T
+    out = {}
+    for pair in pairs:
+        k, _, v = pair.partition("=")
+        default = getattr(T.Config(), k, None)
+        if k not in T.Config.__dataclass_fields__ or not v:
+            sys.exit(f"error: --set {pair!r}: expected FIELD=VALUE with a train.py option (e.g. learning_rate=5e-5)")
+        out[k] = type(default)(v) if isinstance(default, (int, float)) and not isinstance(default, bool) else v
+    return out
+
+
+def tracker_figures(history: list) -> dict:
+    """What the baseline did over a run: the Fig. 3 variance ratio, the Brier score and the reward variance over
+    the second half, GRPO's degenerate share and live-group variance (means over the steps)."""
+    mean = lambda k, h=history: statistics.mean(m[k] for m in h)          # noqa: E731
+    half = history[len(history) // 2:]
+    out = {"var_ratio": mean("adv/raw_var") / max(mean("adv/noBaseline_var"), 1e-12),
+           "nobase_var_2nd": mean("adv/noBaseline_var", half)}
+    if "grpo/degenerate_share" in history[0]:
+        out.update(degenerate=mean("grpo/degenerate_share"), live_var=mean("grpo/live_raw_var"),
+                   raw_var=mean("adv/raw_var"))
+    elif history[0]["tracker/brier"] == history[0]["tracker/brier"]:          # SPO (not NaN)
+        out.update(brier_2nd=mean("tracker/brier", half), raw_var=mean("adv/raw_var"))
+    return out
+
+
 def pool(arm: str) -> int:
     """The arm's --n-train: the embedded held-out set follows the pool, so only arms with one pool pair."""
     import train as T
-    return OURS.get(arm, ("", {}))[1].get("n_train", T.Config().n_train)
+    return OURS.get(arm, ("", {}))[1].get("n_train", T.Config().n_train)   # (--set n_train moves every arm)
 
 
 def ours(arm: str, seed: int, a, out: str) -> dict:
@@ -68,12 +119,12 @@ def ours(arm: str, seed: int, a, out: str) -> dict:
     name, extra = OURS[arm]
     cfg = T.Config(seed=seed, steps=a.steps, eval_every=a.eval_every, n_eval=a.n_eval, save_every=0,
                    eval_temperature=a.eval_temperature, eval_top_p=a.eval_top_p, overwrite=True,
-                   output_dir=os.path.join(out, f"{name}-s{seed}"), **extra)
+                   output_dir=os.path.join(out, f"{name}-s{seed}"), **{**overrides(a.set), **extra})
     t = time.time()
     res = T.train(cfg)
     step_s = [m["time/step"] for m in res["history"]]
     return {"start": res["first_eval"], "end": res["final_eval"], "s_per_step": statistics.mean(step_s),
-            "wall": time.time() - t, "curve": res["evals"]}
+            "wall": time.time() - t, "curve": res["evals"], **tracker_figures(res["history"])}
 
 
 def trl(seed: int, a, out: str) -> dict:
@@ -88,10 +139,16 @@ def trl(seed: int, a, out: str) -> dict:
     from data import system_message
     from rollout import HFEngine
     from models import LoraArgs, load_policy
-    cfg = T.Config(seed=seed, n_eval=a.n_eval, eval_temperature=a.eval_temperature, eval_top_p=a.eval_top_p)
+    cfg = T.Config(seed=seed, n_eval=a.n_eval, eval_temperature=a.eval_temperature, eval_top_p=a.eval_top_p,
+                   **overrides(a.set))
     torch.manual_seed(seed)
     model, tok, _ = load_policy(lora=LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
     train, held, fmt = format_tasks(cfg, tok, *read_tasks(cfg))     # train.py's tasks and chat prompts
+    if cfg.sft_steps and cfg.dataset == "embedded":                  # train.py's format warm-up, the same start
+        import random
+        from extensions.sft import fit, format_demos
+        _, prompts, demos = format_demos(cfg, tok, {t.prompt for t in train + held})
+        fit(model, tok, prompts, demos, cfg.sft_steps, 8, 2e-4, random.Random(cfg.seed))
     system = [{"role": "system", "content": system_message(cfg)}] if system_message(cfg) else []
     ds = Dataset.from_list([{"prompt": system + [{"role": "user", "content": t.prompt}], "answer": t.answer}
                             for t in train])
@@ -135,8 +192,8 @@ def trl(seed: int, a, out: str) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1 and "
-                   "add them to the recorded runs.jsonl (the report covers every recorded run)")
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1 (those "
+                   "not yet recorded) and add them to runs.jsonl (the report covers every recorded run)")
     p.add_argument("--arms", nargs="+", default=None, help="a subset of the arms, e.g. to finish a seed cut short: "
                    + " | ".join(repr(x) for x in ARMS))
     p.add_argument("--steps", type=int, default=None, help="default: train.py's default --steps")
@@ -144,6 +201,8 @@ def main():
     p.add_argument("--eval-every", type=int, default=0, help="held-out every N steps too (default: start and end)")
     p.add_argument("--eval-temperature", type=float, default=None, help="default: train.py's --eval-temperature")
     p.add_argument("--eval-top-p", type=float, default=None, help="default: train.py's --eval-top-p")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a train.py option for every arm, e.g. --set learning_rate=5e-5 (repeatable)")
     p.add_argument("--out", default="bench/results/vs_trl_paper_eval")
     p.add_argument("--arm", default=None, help=argparse.SUPPRESS)       # child process: one arm, one seed
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -161,30 +220,35 @@ def main():
         res = trl(a.seed, a, runs_dir) if a.arm.startswith("TRL") else ours(a.arm, a.seed, a, runs_dir)
         emit(res)
         return
+    base = dataclasses.asdict(T.Config(**overrides(a.set)))
+    setting = {k: base[k] for k in SETTING}
     os.makedirs(a.out, exist_ok=True)
     log = os.path.join(a.out, "runs.jsonl")
-    if a.first_seed == 0 and not a.arms and os.path.exists(log):
-        with open(log) as f:                 # a fresh record of this protocol (--first-seed N adds to it); others stay
-            kept = [x for x in f if protocol_of(json.loads(x)) != protocol]
-        with open(log, "w") as f:
-            f.writelines(kept)
+
+    def recorded() -> list:                  # this setting's and protocol's rows
+        rows = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
+        return [r for r in rows if r["steps"] == a.steps and r.get("n_eval", 32) == a.n_eval
+                and protocol_of(r) == protocol and setting_of(r) == setting]
+    done = {(r["arm"], r["seed"]) for r in recorded()}
+    child_args = ["--steps", a.steps, "--n-eval", a.n_eval, "--eval-every", a.eval_every, "--eval-temperature",
+                  a.eval_temperature, "--eval-top-p", a.eval_top_p] + [x for kv in a.set for x in ("--set", kv)]
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         for arm in a.arms or DEFAULT_ARMS:
+            if (arm, seed) in done:
+                print(f"{arm:18s} seed {seed}: recorded, skipped", flush=True)
+                continue
             row = {"arm": arm, "seed": seed, "steps": a.steps, "n_eval": a.n_eval, "eval": protocol,
-                   **run_child(__file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--n-eval", a.n_eval,
-                                 "--eval-every", a.eval_every, "--eval-temperature", a.eval_temperature,
-                                 "--eval-top-p", a.eval_top_p)}
+                   "setting": setting, **run_child(__file__, "--arm", arm, "--seed", seed, *child_args)}
             with open(log, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{arm:18s} seed {seed}: avg@4 {row['start']['eval/avg@4']:.3f} -> {row['end']['eval/avg@4']:.3f}  "
                   f"greedy {row['start']['eval/greedy']:.3f} -> {row['end']['eval/greedy']:.3f}  "
                   f"{row['s_per_step']:.1f} s/step", flush=True)
-    with open(log) as f:
-        rows = [r for r in map(json.loads, f) if r["steps"] == a.steps and r.get("n_eval", 32) == a.n_eval
-                and protocol_of(r) == protocol]
-    print(report(rows, a.steps, a.n_eval, protocol))
+    rows = recorded()
+    text = report(rows, a.steps, a.n_eval, protocol)
+    print(text)
     with open(os.path.join(a.out, "vs_trl.md"), "w") as f:
-        f.write(f"`python bench/vs_trl.py {shlex.join(sys.argv[1:])}`\n" + report(rows, a.steps, a.n_eval, protocol))
+        f.write(f"`python bench/vs_trl.py {shlex.join(sys.argv[1:])}`\n" + text)
 
 
 def report(rows: list, steps: int, n_eval: int, protocol: list) -> str:
@@ -203,6 +267,20 @@ def report(rows: list, steps: int, n_eval: int, protocol: list) -> str:
                    f"{statistics.median(r['start']['eval/greedy'] for r in rs):.3f} | {' '.join(f'{x:.2f}' for x in ea)} "
                    f"| {' '.join(f'{x:.2f}' for x in eg)} | **{statistics.median(ea):.3f} / {statistics.median(eg):.3f}** "
                    f"| {statistics.median(r['s_per_step'] for r in rs):.1f} |")
+    figs = [arm for arm in ARMS if any("var_ratio" in get[arm, s] for s in seeds if (arm, s) in get)]
+    if figs:                                 # what the baseline did: medians over the seeds
+        med = lambda arm, k: statistics.median(get[arm, s][k] for s in seeds if k in get.get((arm, s), {}))  # noqa
+        out += ["\nthe baseline, median over the seeds: adv/raw_var / adv/noBaseline_var over the run (paper Fig. 3: "
+                "~0.5); SPO: the tracker's Brier score vs the reward variance, second half; GRPO: the share of samples "
+                "in groups whose rewards agree and the advantage variance of the live groups\n",
+                "| arm | raw / no-baseline variance | Brier vs reward variance, 2nd half | degenerate share | "
+                "live-group variance |", "|---|---|---|---|---|"]
+        for arm in figs:
+            spo = any("brier_2nd" in get.get((arm, s), {}) for s in seeds)
+            grpo = any("degenerate" in get.get((arm, s), {}) for s in seeds)
+            out.append(f"| {arm} | {med(arm, 'var_ratio'):.2f} | "
+                       + (f"{med(arm, 'brier_2nd'):.3f} vs {med(arm, 'nobase_var_2nd'):.3f}" if spo else "—") + " | "
+                       + (f"{med(arm, 'degenerate'):.2f} | {med(arm, 'live_var'):.3f}" if grpo else "— | —") + " |")
     curves = [arm for arm in ARMS if any(len(get[arm, s].get("curve", [])) > 2 for s in seeds if (arm, s) in get)]
     if curves:                               # --eval-every: the median held-out of each arm along the run
         at = sorted({c["step"] for r in rows for c in r.get("curve", [])})

@@ -121,3 +121,21 @@ def test_latency_sandbox_answers_like_sandboxfusion_after_its_seeded_long_tailed
         wall = time.time() - t0
         assert lat.max() <= wall < lat.max() + 0.5 * lat.sum()
         assert lat.max() / np.median(lat) > 2                                  # a long tail: the slowest sets the wall
+
+
+def test_vs_trl_reports_what_the_baseline_did_and_keys_rows_by_setting():
+    from vs_trl import OLD_SETTING, overrides, report, setting_of
+
+    def row(arm, seed, **figs):
+        ev = {"eval/avg@4": 0.5, "eval/greedy": 0.5}
+        return {"arm": arm, "seed": seed, "steps": 40, "start": ev, "end": ev, "s_per_step": 9.0, **figs}
+    rows = [row("our SPO (default)", 0, var_ratio=0.5, brier_2nd=0.1, nobase_var_2nd=0.2),
+            row("our SPO (default)", 1, var_ratio=0.7, brier_2nd=0.3, nobase_var_2nd=0.2),
+            row("our GRPO 4x4", 0, var_ratio=0.4, degenerate=0.6, live_var=0.2, nobase_var_2nd=0.2),
+            row("TRL GRPO 4x4", 0)]                                       # TRL records no figures: no row
+    out = report(rows, 40, 32, [0.6, 0.95]).split("the baseline, median over the seeds")[1]
+    assert "| our SPO (default) | 0.60 | 0.200 vs 0.200 | — | — |" in out
+    assert "| our GRPO 4x4 | 0.40 | — | 0.60 | 0.200 |" in out and "| TRL GRPO 4x4 |" not in out
+    assert overrides(["learning_rate=5e-5", "sft_steps=20", "embedded_levels=3,5"]) == \
+        {"learning_rate": 5e-5, "sft_steps": 20, "embedded_levels": "3,5"}
+    assert setting_of({}) == OLD_SETTING and setting_of({"setting": {"n_train": 128}}) == {"n_train": 128}

@@ -95,6 +95,8 @@ def test_inconsistent_options_and_bad_file_contents(tmp_path):
         (["--algo", "grpo", "--group-size", "3"], "--group-size 3 must be >= 2 and divide --batch-size 16"),
         (["--num-minibatches", "3"], "--num-minibatches 3 must divide --batch-size 16"),
         (["--rho-min", "0.9", "--rho-max", "0.8"], "--rho-min 0.9 must be <= --rho-max 0.8"),
+        (["--sft-steps", "20", "--dataset", "my.jsonl"], "--sft-steps teaches the embedded task's answer format"),
+        (["--sft-steps", "20", "--init-adapter", str(adapter), "--lora-r", "8"], "pass one of them"),
         (["--batch-size", "64"], "--batch-size 64 needs 64 distinct prompts a step but the pool has --n-train 32"),
         (["--load-in-4bit", "--old-logprobs", "engine"], "--load-in-4bit needs --old-logprobs trainer"),
         (["--collect", "continuous"], "--collect continuous needs --engine vllm"),

@@ -95,7 +95,7 @@ def embedded_tasks(n_train: int = 96, n_eval: int = 64, seed: int = 0,
         t = (make or _make)(rng.choice(levels), rng)
         tries += 1
         if tries > 100 * need:
-            raise ValueError(f"levels {levels} have fewer than {need} distinct problems; lower n_train/n_eval")
+            raise ValueError(f"levels {levels} have fewer than {need} distinct problems; lower --n-train / --n-eval")
         if t.prompt not in seen:
             seen.add(t.prompt)
             tasks.append(t)
@@ -330,7 +330,10 @@ def read_tasks(cfg):
     """(train tasks, held-out tasks) for train.Config `cfg`, read and checked before anything is loaded or
     written: a bad file stops here with a DataError naming FILE:LINE."""
     if cfg.dataset == "embedded":
-        return embedded_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed, levels=tuple(map(int, cfg.embedded_levels.split(","))))
+        try:
+            return embedded_tasks(cfg.n_train, cfg.n_eval, cfg.seed, tuple(map(int, cfg.embedded_levels.split(","))))
+        except ValueError as e:          # too few distinct problems at these levels for the pool and held-out set
+            raise DataError(f"--embedded-levels {cfg.embedded_levels}: {e}") from None
     if cfg.dataset == "embedded-tools":
         return embedded_tool_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
     train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)

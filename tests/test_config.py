@@ -129,6 +129,8 @@ def test_inconsistent_options_and_bad_file_contents(tmp_path):
     (["--offline-values", "{folder}/bad.json"], "error: --offline-values {folder}/bad.json:1: malformed JSON"),
     (["--epsilon-high", "nan"], "error: --epsilon-high must be a finite number >= 0, got nan"),
     (["--max-completion-length", "0"], "error: --max-completion-length must be a finite number >= 1, got 0"),
+    (["--embedded-levels", "8", "--n-train", "100"],
+     "error: --embedded-levels 8: levels (8,) have fewer than 132 distinct problems; lower --n-train / --n-eval"),
 ])
 def test_the_command_line_says_one_line_and_touches_nothing(tmp_path, args, starts):
     folder = tmp_path / "data"

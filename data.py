@@ -45,6 +45,10 @@ _NAMES = ["Tom", "Ana", "Sam", "Mia", "Leo", "Zoe", "Ben", "Ivy"]
 _THINGS = ["apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles"]
 
 
+# levels 6-9, two operands: operator, range of the first, range of the second
+_PAIRS = {6: ("+", (10, 49), (10, 49)), 7: ("-", (50, 99), (10, 49)), 8: ("*", (2, 9), (2, 9)), 9: ("*", (11, 19), (2, 9))}
+
+
 def _make(level: int, rng: random.Random) -> Task:
     """One problem of a difficulty level: 1 one-digit sums, 2 one-digit differences, 3 sums of a two-digit and a
     one-digit number, 4 one-step word problems, 5 three one-digit addends, 6 sums of two two-digit numbers,
@@ -63,18 +67,10 @@ def _make(level: int, rng: random.Random) -> Task:
         q, x = f"{who} has {a} {what} and gets {b} more. How many {what} does {who} have now?", a + b
     elif level == 5:
         q, x = f"What is {a} + {b} + {c}?", a + b + c
-    elif level == 6:
-        a, b = rng.randint(10, 49), rng.randint(10, 49)
-        q, x = f"What is {a} + {b}?", a + b
-    elif level == 7:
-        a, b = rng.randint(50, 99), rng.randint(10, 49)
-        q, x = f"What is {a} - {b}?", a - b
-    elif level == 8:
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
-        q, x = f"What is {a} * {b}?", a * b
-    elif level == 9:
-        a, b = rng.randint(11, 19), rng.randint(2, 9)
-        q, x = f"What is {a} * {b}?", a * b
+    elif level in _PAIRS:
+        op, (a0, a1), (b0, b1) = _PAIRS[level]
+        a, b = rng.randint(a0, a1), rng.randint(b0, b1)
+        q, x = f"What is {a} {op} {b}?", {"+": a + b, "-": a - b, "*": a * b}[op]
     else:
         raise ValueError(f"level must be 1..9, got {level}")
     return Task(q + " Answer with just the number.", str(x), level)

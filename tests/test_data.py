@@ -84,7 +84,9 @@ def test_embedded_tasks_are_deterministic_disjoint_and_exact():
     assert len(train) == 80 and len(held) == 40
     assert not {t.prompt for t in train} & {t.prompt for t in held}
     assert len({t.prompt for t in train}) == 80
-    for t in train + held:                                              # every answer is exact
+    graded, _ = embedded_tasks(n_train=80, n_eval=0, levels=(6, 7, 8, 9))
+    assert {t.level for t in graded} == {6, 7, 8, 9}
+    for t in train + held + graded:                                     # every answer is exact
         q = t.prompt.split("?")[0]
         if q.startswith("What is "):
             assert str(eval(q[len("What is "):])) == t.answer

@@ -145,10 +145,8 @@ def trl(seed: int, a, out: str) -> dict:
     model, tok, _ = load_policy(lora=LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
     train, held, fmt = format_tasks(cfg, tok, *read_tasks(cfg))     # train.py's tasks and chat prompts
     if cfg.sft_steps and cfg.dataset == "embedded":                  # train.py's format warm-up, the same start
-        import random
-        from extensions.sft import fit, format_demos
-        _, prompts, demos = format_demos(cfg, tok, {t.prompt for t in train + held})
-        fit(model, tok, prompts, demos, cfg.sft_steps, 8, 2e-4, random.Random(cfg.seed))
+        from extensions.sft import warm_up_format
+        warm_up_format(cfg, model, tok, {t.prompt for t in train + held})
     system = [{"role": "system", "content": system_message(cfg)}] if system_message(cfg) else []
     ds = Dataset.from_list([{"prompt": system + [{"role": "user", "content": t.prompt}], "answer": t.answer}
                             for t in train])

@@ -82,7 +82,7 @@ class ContinuousCollector:
         self.flight = {}                         # request id -> Trajectory generating in the engine
         self.at_tool = []                        # (future, Trajectory): tool call running
         self.groups = {}                         # group -> its Trajectories (launched, not yet complete)
-        self.ready = []                          # complete groups, in landing order, waiting for a batch
+        self.ready = []                          # complete groups waiting for a batch (taken oldest launched first)
         self.n_launched = self.n_trained = self.n_dropped = self.n_lost = 0
         self.landed = dict.fromkeys(("n", "len", "reward", "tool_s", "latency"), 0.0)   # sums over all landed
         self.waited_due = 0.0                    # seconds the last batch waited for due trajectories

@@ -1,7 +1,8 @@
 """Continuous, group-free collection in train.py's loop: `--collect continuous --engine vllm` (paper Sec. 5.4).
 
 `ContinuousTrainer` overrides the phases of `trainer.Trainer` that lock-step collection shapes: `draw` and
-`collect` (the collector draws prompts as trajectories land, and a batch is the first B to finish; collector.py),
+`collect` (the collector draws prompts as trajectories land; a batch is B landed ones, oldest launched first,
+within the staleness bound; collector.py),
 `push_adapter` (the engine keeps the adapters that carried trajectories still sample with), and the loss of
 off-policy rows: with --old-logprobs trainer each token's loss is weighted by the truncated importance ratio
 min(pi_old / pi_behaviour, C) (spo.tis_weights); with --old-logprobs engine pi_old is pi_behaviour itself.
@@ -59,7 +60,7 @@ class ContinuousTrainer(Trainer):
         m["time/draw"] = 0.0
         return self.Batch([], [])
 
-    # ---- 2. the first B trajectories to land; the rest stay in flight through the update
+    # ---- 2. B landed trajectories, oldest launched first; the rest stay in flight through the update
     def collect(self, batch: ContinuousBatch, step: int, m: dict) -> None:
         t0, c = time.time(), self.collector
         trajs = c.collect(self.choose)

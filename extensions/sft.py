@@ -122,13 +122,16 @@ def format_demos(cfg, tok, exclude: set) -> tuple[list, list, list]:
     return tasks[:32], prompts, demos
 
 
+def warm_up_format(cfg, model, tok, exclude: set, say=lambda x: print(x, flush=True)) -> float:
+    """The format warm-up (--sft-steps) on `model`: `format_demos` in batches of 8, AdamW at 2e-4 whatever
+    --learning-rate says (RL's rate is not the warm-up's). Returns the last loss."""
+    _, prompts, demos = format_demos(cfg, tok, exclude)
+    return fit(model, tok, prompts, demos, cfg.sft_steps, 8, 2e-4, random.Random(cfg.seed), say=say)
+
+
 def format_warmup(tr) -> float:
-    """train.py's warm-up (--sft-steps) on a trainer's policy: `format_demos` in batches of 8, AdamW at 2e-4
-    whatever --learning-rate says (RL's rate is not the warm-up's). Returns the last loss; the engine gets the
-    warmed-up adapter."""
-    _, prompts, demos = format_demos(tr.cfg, tr.tok, {t.prompt for t in tr.train_tasks + tr.held})
-    loss = fit(tr.model, tr.tok, prompts, demos, tr.cfg.sft_steps, 8, 2e-4, random.Random(tr.cfg.seed),
-               say=tr.dist.say)
+    """train.py's warm-up on a trainer's policy, before the offline init; the engine gets the warmed-up adapter."""
+    loss = warm_up_format(tr.cfg, tr.model, tr.tok, {t.prompt for t in tr.train_tasks + tr.held}, tr.dist.say)
     tr.engine.load_adapter(tr.model)
     return loss
 

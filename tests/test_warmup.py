@@ -1,13 +1,12 @@
 """The format warm-up (--sft-steps, extensions/sft.py): what it shows the policy, what it teaches, and where
 train.py runs it."""
-import random
 import re
 
 import torch
 
 import train as T
 from data import chat_prompt, read_tasks, system_message
-from extensions.sft import fit, format_demos
+from extensions.sft import format_demos, warm_up_format
 from models import load_policy
 from rollout import HFEngine
 
@@ -41,8 +40,7 @@ def test_the_warmup_teaches_the_answer_format_on_levels_it_never_shows():
         return sum(bool(re.fullmatch(re.escape(expression(t)) + r" = -?\d+", o.text.strip())) for t, o in
                    zip(train, out))
     assert in_format() == 0
-    _, prompts, demos = format_demos(cfg, tok, {t.prompt for t in train + held})
-    assert fit(model, tok, prompts, demos, cfg.sft_steps, 8, 2e-4, random.Random(0)) < 0.01
+    assert warm_up_format(cfg, model, tok, {t.prompt for t in train + held}) < 0.01
     assert in_format() >= 7
 
 

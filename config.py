@@ -41,19 +41,20 @@ class Config:
     eval_dataset: Annotated[str | None, Dataset(EMBEDDED_DATASETS)] = None
     """held-out set for other datasets (same field names; a file sharing a prompt with --dataset is an error);
     embedded: a disjoint generated set"""
-    n_train: Annotated[int, Range(1)] = 32
-    """embedded: training pool size (prompts must recur for a per-prompt tracker: 32 prompts at batch 16 come
-    back every ~2 steps)"""
-    n_eval: Annotated[int, Range(0)] = 32
+    n_train: Annotated[int, Range(1)] = 128
+    """embedded: training pool size (prompts must recur for a per-prompt tracker, a few times each as in the
+    paper: 40 steps x 16 responses visit each of 128 prompts 5 times on average)"""
+    n_eval: Annotated[int, Range(0)] = 64
     """embedded: held-out problems; other datasets: cap on eval problems"""
-    embedded_levels: Annotated[str, Counts(hi=9)] = "1,1,1,2,4"
+    embedded_levels: Annotated[str, Counts(hi=9)] = "3,5,6,8,9"
     """embedded: the difficulty levels (data._make: 1 one-digit sums, 2 differences, 3 a carry, 4 word problems,
     5 three addends, 6 two two-digit numbers, 7 their difference, 8 one-digit products, 9 a teen times a digit)
     the pool and the held-out set draw from, a level as often as it is listed"""
-    sft_steps: Annotated[int, Range(0)] = 0
+    sft_steps: Annotated[int | None, Range(0)] = None
     """embedded: supervised warm-up steps before RL (extensions/sft.py): 32 one-digit sums outside the pool and
     the held-out set, answered 'a + b = c', so the policy follows the answer format and RL works on correctness per
-    prompt (e.g. 20 with --embedded-levels 3,5,6,8,9); AdamW at 2e-4; a fresh run only (not with --init-adapter)"""
+    prompt; AdamW at 2e-4; a fresh run only (not with --init-adapter). None: 20 for --dataset embedded without
+    --init-adapter, else 0 (config.warmup_steps)"""
     system_prompt: str | None = "auto"
     """system message for the chat template; None: the template's default; 'auto': the embedded task's
     short one (data.EMBEDDED_SYSTEM_PROMPT, fewer tokens than SmolLM2's default) for the embedded datasets,
@@ -84,8 +85,8 @@ class Config:
     loss_variant: Annotated[str, OneOf("ppo", "gspo", "sapo")] = "ppo"
     """'ppo', 'gspo' or 'sapo' (spo.policy_loss)"""
     # --- tracker and sampler (Eq. 5-6, 11)
-    offline_samples: Annotated[int, Range(0)] = 4
-    """n0 samples per prompt with the initial policy to initialise the tracker (Eq. 6; the paper: 8); 0 = prior"""
+    offline_samples: Annotated[int, Range(0)] = 8
+    """n0 samples per prompt with the initial policy to initialise the tracker (Eq. 6; the paper's 8); 0 = prior"""
     offline_values: Annotated[str | None, File((".json",))] = None
     """JSON {prompt: [rewards]} from an earlier --offline-samples run (official format); skips sampling"""
     rho_min: Annotated[float, Range(0, 1, True, True)] = 0.875
@@ -115,8 +116,9 @@ class Config:
     # --- generation
     engine: Annotated[str, OneOf("auto", "hf", "vllm")] = "auto"
     """'hf', 'vllm', or 'auto' (vLLM on CUDA when installed, HF on the CPU where it is faster with LoRA)"""
-    temperature: Annotated[float, Range(0, lo_open=True)] = 1.0
-    """training sampling temperature (top-p 1, top-k off)"""
+    temperature: Annotated[float, Range(0, lo_open=True)] = 0.7
+    """training sampling temperature (top-p 1, top-k off; the paper, and its profile: 1.0). Below 1 each prompt's
+    success sits nearer 0 or 1, so the tracker explains more of the reward variance (docs/results.md)"""
     max_prompt_length: Annotated[int, Range(1)] = 256
     """longer prompts are dropped at load, counted and reported"""
     max_completion_length: Annotated[int, Range(1)] = 16
@@ -131,8 +133,9 @@ class Config:
     gpu_memory_utilization: Annotated[float, Range(0, 1, lo_open=True)] = 0.3
     """vLLM's share of GPU memory (CUDA)"""
     # --- optimisation
-    learning_rate: Annotated[float, Range(0, lo_open=True)] = 2e-4
-    """AdamW learning rate (LoRA takes far more than the paper's full-parameter 1e-6; the paper profile: 1e-5)"""
+    learning_rate: Annotated[float, Range(0, lo_open=True)] = 1e-5
+    """AdamW learning rate (LoRA takes ~10x the paper's full-parameter 1e-6; faster rates move every prompt at
+    once and the tracker lags: docs/results.md, "Choosing the default")"""
     lr_scheduler_type: Annotated[str, OneOf("constant", "linear", "cosine")] = "constant"
     """'constant' (the paper), 'linear' or 'cosine': decay from --learning-rate towards 0 over --steps (TRL's
     names; no warmup). The rate is a function of the step, so a resumed run follows the same curve; resuming
@@ -252,12 +255,12 @@ class Config:
 # Applied by the CLI to every field not given on the command line; the resolved config is printed and saved.
 PAPER_PROFILE = dict(
     dataset="dapo", eval_dataset="aime24", n_eval=30, eval_k=16, eval_every=10,   # DAPO-Math-17k; AIME24 avg@16
-    load_in_4bit=True, lora_r=32, lora_alpha=64, learning_rate=1e-5,              # QLoRA (LoRA needs ~10x 1e-6)
+    load_in_4bit=True, lora_r=32, lora_alpha=64,                                  # QLoRA
     engine="vllm", gpu_memory_utilization=0.35, old_logprobs="trainer",          # bf16 vLLM's log-probs are not pi_old
     enable_thinking=True, format_gate=True,                                      # Qwen3 thinking, the official gate
     batch_size=256, num_minibatches=4,          # the paper's ablation setting (App. E): 256 pairs, 4 updates
     max_prompt_length=2048, max_completion_length=8192, micro_batch_size=1,    # the released script's lengths
-    offline_samples=8, steps=500, drift_at="update",                           # n0 = 8; D as the official code
+    steps=500, drift_at="update", temperature=1.0,                             # D as the official code; verl's T
     tools="python", tool_timeout=30.0, sandbox_workers=8,                      # ReTool, the official sandbox timeout
 )
 
@@ -291,6 +294,13 @@ def apply_profile(cfg: Config, argv: list, say=None) -> Config:
         say(textwrap.fill(", ".join(f"{k}={v}" for k, v in changed.items()), 110, subsequent_indent="  ",
                           initial_indent=f"profile {profile}: {len(changed)} fields set (a flag overrides one): "))
     return dataclasses.replace(cfg, profile=profile, **changed)
+
+
+def warmup_steps(cfg: Config) -> int:
+    """--sft-steps as run: the number given, or (None) 20 for the embedded task on a fresh adapter, else 0."""
+    if cfg.sft_steps is not None:
+        return cfg.sft_steps
+    return 20 if cfg.dataset == "embedded" and not (cfg.init_adapter or cfg.eval_only) else 0
 
 
 def learning_rate_at(cfg: Config, step: int) -> float:

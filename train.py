@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from config import Config, ConfigError, apply_profile, learning_rate_at, validate  # noqa: F401 (for callers)
+from config import Config, ConfigError, apply_profile, learning_rate_at, validate, warmup_steps  # noqa: F401
 from data import DataError, format_tasks, read_tasks
 from dist import Dist
 from extensions.sandbox import SandboxUnavailable, check_server, isolation
@@ -160,7 +160,7 @@ def train(cfg: Config) -> dict:
         tr.load_state_dict(state)
         dist.say(f"resumed from {ckpt_dir} at step {tr.start}")
     else:
-        if cfg.sft_steps:
+        if warmup_steps(cfg):
             from extensions.sft import format_warmup
             format_warmup(tr)                # the answer format first, so RL works on correctness per prompt
         if cfg.algo == "spo":

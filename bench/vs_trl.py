@@ -89,7 +89,11 @@ def overrides(pairs: list) -> dict:
         default = getattr(T.Config(), k, None)
         if k not in T.Config.__dataclass_fields__ or not v:
             sys.exit(f"error: --set {pair!r}: expected FIELD=VALUE with a train.py option (e.g. learning_rate=5e-5)")
-        out[k] = type(default)(v) if isinstance(default, (int, float)) and not isinstance(default, bool) else v
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            v = type(default)(v)
+        elif default is None and v.replace(".", "", 1).isdigit():              # an optional number (sft_steps)
+            v = float(v) if "." in v else int(v)
+        out[k] = v
     return out
 
 
@@ -144,7 +148,7 @@ def trl(seed: int, a, out: str) -> dict:
     torch.manual_seed(seed)
     model, tok, _ = load_policy(lora=LoraArgs(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
     train, held, fmt = format_tasks(cfg, tok, *read_tasks(cfg))     # train.py's tasks and chat prompts
-    if cfg.sft_steps and cfg.dataset == "embedded":                  # train.py's format warm-up, the same start
+    if T.warmup_steps(cfg):                                          # train.py's format warm-up, the same start
         from extensions.sft import warm_up_format
         warm_up_format(cfg, model, tok, {t.prompt for t in train + held})
     system = [{"role": "system", "content": system_message(cfg)}] if system_message(cfg) else []
@@ -195,7 +199,7 @@ def main():
     p.add_argument("--arms", nargs="+", default=None, help="a subset of the arms, e.g. to finish a seed cut short: "
                    + " | ".join(repr(x) for x in ARMS))
     p.add_argument("--steps", type=int, default=None, help="default: train.py's default --steps")
-    p.add_argument("--n-eval", type=int, default=32)
+    p.add_argument("--n-eval", type=int, default=None, help="default: train.py's default --n-eval")
     p.add_argument("--eval-every", type=int, default=0, help="held-out every N steps too (default: start and end)")
     p.add_argument("--eval-temperature", type=float, default=None, help="default: train.py's --eval-temperature")
     p.add_argument("--eval-top-p", type=float, default=None, help="default: train.py's --eval-top-p")
@@ -210,6 +214,7 @@ def main():
             p.error(f"--arms {arm!r}: not an arm; choose from " + " | ".join(repr(x) for x in ARMS))
     import train as T
     a.steps = a.steps or T.Config().steps
+    a.n_eval = T.Config().n_eval if a.n_eval is None else a.n_eval
     a.eval_temperature = T.Config().eval_temperature if a.eval_temperature is None else a.eval_temperature
     a.eval_top_p = T.Config().eval_top_p if a.eval_top_p is None else a.eval_top_p
     protocol = [a.eval_temperature, a.eval_top_p]
@@ -218,8 +223,8 @@ def main():
         res = trl(a.seed, a, runs_dir) if a.arm.startswith("TRL") else ours(a.arm, a.seed, a, runs_dir)
         emit(res)
         return
-    base = dataclasses.asdict(T.Config(**overrides(a.set)))
-    setting = {k: base[k] for k in SETTING}
+    base = T.Config(**overrides(a.set))
+    setting = {**{k: getattr(base, k) for k in SETTING}, "sft_steps": T.warmup_steps(base)}
     os.makedirs(a.out, exist_ok=True)
     log = os.path.join(a.out, "runs.jsonl")
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from config import warmup_steps
 from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tasks, embedded_tool_tasks, system_message
 from extensions.sandbox import interpreter_block, run_code
 from extensions.tools import STOP
@@ -126,7 +127,7 @@ def warm_up_format(cfg, model, tok, exclude: set, say=lambda x: print(x, flush=T
     """The format warm-up (--sft-steps) on `model`: `format_demos` in batches of 8, AdamW at 2e-4 whatever
     --learning-rate says (RL's rate is not the warm-up's). Returns the last loss."""
     _, prompts, demos = format_demos(cfg, tok, exclude)
-    return fit(model, tok, prompts, demos, cfg.sft_steps, 8, 2e-4, random.Random(cfg.seed), say=say)
+    return fit(model, tok, prompts, demos, warmup_steps(cfg), 8, 2e-4, random.Random(cfg.seed), say=say)
 
 
 def format_warmup(tr) -> float:

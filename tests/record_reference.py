@@ -29,7 +29,8 @@ RUNS = {  # small enough for CI, long enough that every phase runs (drift on rev
 VOLATILE = ("time/", "tokens_per_s")      # wall-clock figures differ run to run
 # Options added after the recording whose defaults change numerics: the replay sets them to the old behaviour.
 LEGACY: dict = dict(old_logprobs="trainer", system_prompt=None, rho_min=0.875, rho_max=0.96, drift_at="update",
-                    eval_temperature=1.0, eval_top_p=1.0)
+                    eval_temperature=1.0, eval_top_p=1.0, embedded_levels="1,1,1,2,4", sft_steps=0,
+                    learning_rate=2e-4, temperature=1.0)
 
 
 def fingerprint(run_dir: str) -> dict:

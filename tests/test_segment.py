@@ -9,6 +9,7 @@ from extensions.segment import (chain_advantages, cutpoint_bounds, cutpoints, fi
 from spo import policy_loss
 
 #            t:  0     1    2     3    4    5     6
+EASY = dict(embedded_levels="1,1,1,2,4", sft_steps=0, learning_rate=2e-4, temperature=1.0)   # the mechanics only
 PROBS = [0.95, 0.5, 0.99, 0.3, 0.2, 0.97, 0.1]
 LOGP = torch.log(torch.tensor(PROBS))
 
@@ -75,7 +76,7 @@ def test_a_segment_training_step(tmp_path):
     import train as T
     run = str(tmp_path / "seg")
     T.train(T.Config(algo="segment", mc_rollouts=2, segment_interval=3, n_train=4, n_eval=2, batch_size=4, steps=2,
-                     max_completion_length=12, eval_k=1, token_budget=1, output_dir=run))
+                     max_completion_length=12, eval_k=1, token_budget=1, output_dir=run, **EASY))
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
     steps = [r for r in rows if "reward" in r]
     assert len(steps) == 1                                       # --token-budget 1: stops after the first step
@@ -162,7 +163,7 @@ def test_a_tree_training_step(tmp_path, monkeypatch):
     monkeypatch.setattr(segment_po.TreeTrainer, "update", update)
     monkeypatch.setattr(rollout.HFEngine, "generate_ids", generate_ids)
     cfg = dict(algo="segment", segment_partition="tree", tree_branching="2,2", segment_size=4, n_train=4, n_eval=2,
-               batch_size=8, max_completion_length=12, eval_k=1, engine="hf", save_every=1)
+               batch_size=8, max_completion_length=12, eval_k=1, engine="hf", save_every=1, **EASY)
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     T.train(T.Config(steps=3, output_dir=full, **cfg))
     steps = [json.loads(x) for x in open(os.path.join(full, "metrics.jsonl")) if '"reward"' in x]

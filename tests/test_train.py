@@ -18,7 +18,8 @@ from logprobs import SYNC_TOLERANCE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(batch_size=4, n_train=8, n_eval=4, offline_samples=2, max_completion_length=8, micro_batch_size=4,
-            eval_every=0, eval_k=1, engine="hf")
+            eval_every=0, eval_k=1, engine="hf",   # the mechanics, on the easy levels, cold, at a fast rate:
+            embedded_levels="1,1,1,2,4", sft_steps=0, learning_rate=2e-4, temperature=1.0)
 
 
 def _metrics(run):

@@ -2,6 +2,7 @@
 train.py runs it."""
 import re
 
+import pytest
 import torch
 
 import train as T
@@ -52,3 +53,14 @@ def test_train_runs_the_warmup_before_the_offline_init(tmp_path, capsys):
     assert "sft step 2/2" in out and out.index("sft step 2/2") < out.index("offline init")
     T.train(T.Config(output_dir=str(tmp_path / "a"), resume=str(tmp_path / "a"), **{**cfg, "steps": 2}))
     assert "sft step" not in capsys.readouterr().out                   # a resumed run keeps its warmed-up adapter
+
+
+def test_the_warmup_is_on_by_default_for_the_embedded_task_only():
+    assert T.warmup_steps(T.Config()) == 20                                   # python train.py
+    assert T.warmup_steps(T.Config(sft_steps=0)) == 0 and T.warmup_steps(T.Config(sft_steps=5)) == 5
+    assert T.warmup_steps(T.Config(init_adapter="runs/x/adapter")) == 0      # a trained adapter: none
+    for other in (dict(dataset="embedded-tools", tools="python"), dict(dataset="gsm8k")):
+        T.validate(T.Config(**other))                                         # the default is not refused there
+        assert T.warmup_steps(T.Config(**other)) == 0
+        with pytest.raises(T.ConfigError, match="--sft-steps"):              # asked for, it is
+            T.validate(T.Config(sft_steps=20, **other))

@@ -30,8 +30,6 @@ import statistics
 import subprocess
 import sys
 
-import numpy as np
-
 from child import ROOT, emit, run_child
 
 sys.path.insert(0, ROOT)
@@ -59,7 +57,8 @@ def one(arm: str, seed: int, a) -> dict:
     if kw["algo"] == "spo" and arm != "SPO lock-step" and os.path.exists(shared):
         kw["offline_values"] = shared
     cfg = T.Config(seed=seed, steps=a.steps, engine="vllm", dataset="embedded-tools", tools="python",
-                   init_adapter=WARMUP, n_train=64, max_completion_length=64, sandbox_url=a.url, sandbox_workers=64,
+                   init_adapter=WARMUP, n_train=64, n_eval=32, offline_samples=4, learning_rate=2e-4, temperature=1.0,
+                   max_completion_length=64, sandbox_url=a.url, sandbox_workers=64,   # docs/tools.md's rate and T
                    eval_every=0, save_every=0, sync_check_every=0, overwrite=True,
                    output_dir=f"{TMP}/{arm.replace(' ', '_').replace('=', '')}-s{seed}", **kw)
     res = T.train(cfg)

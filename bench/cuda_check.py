@@ -21,7 +21,7 @@ from rollout import HFEngine  # noqa: E402
 from logprobs import sequence_logprobs  # noqa: E402
 from models import load_policy  # noqa: E402
 
-SMALL = dict(batch_size=16, n_train=32, n_eval=16, offline_samples=2, max_completion_length=16, eval_every=0,
+SMALL = dict(sft_steps=0, batch_size=16, n_train=32, n_eval=16, offline_samples=2, max_completion_length=16, eval_every=0,
              eval_k=2, engine="hf", sync_check_every=1)
 
 

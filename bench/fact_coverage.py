@@ -21,13 +21,15 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 LEVELS = {1: "one-digit sums", 2: "one-digit differences", 3: "two-digit + one-digit", 4: "word problems (sums)",
-          5: "three addends"}
+          5: "three addends", 6: "two-digit sums", 7: "two-digit differences", 8: "one-digit products",
+          9: "teen x one-digit"}
 
 
 def fact(task) -> tuple:
-    """(op, operands) of an embedded problem: its numbers, sorted for sums (level 2 is the one difference)."""
+    """(op, operands) of an embedded problem: its numbers, sorted but for differences (word problems are sums)."""
     xs = tuple(int(x) for x in re.findall(r"\d+", task.prompt))
-    return ("-", xs) if task.level == 2 else ("+", tuple(sorted(xs)))
+    op = "-" if " - " in task.prompt else "*" if " * " in task.prompt else "+"
+    return (op, xs) if op == "-" else (op, tuple(sorted(xs)))
 
 
 def main():
@@ -51,7 +53,8 @@ def main():
     cfg = T.Config(seed=a.seed, eval_k=a.eval_k, **{k: v for k, v in given.items() if v is not None})
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(min(os.cpu_count() or 1, 8))
-    pool, probe = embedded_tasks(cfg.n_train, a.n_probe, cfg.seed)
+    levels = tuple(map(int, cfg.embedded_levels.split(",")))
+    pool, probe = embedded_tasks(cfg.n_train, a.n_probe, cfg.seed, levels)   # the run's pool; new problems
     model, tok, engine = T.load_model_and_engine(cfg, Dist(cfg.dist_timeout), None if a.adapter == "none" else a.adapter)
     pool, probe, fmt = format_tasks(cfg, tok, pool, probe)
     known = {fact(t) for t in pool}

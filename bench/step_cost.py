@@ -22,7 +22,7 @@ def child(length: int, steps: int, algo: str, out_dir: str) -> None:
     sys.path.insert(0, ROOT)
     import numpy as np
     import train as T
-    res = T.train(T.Config(algo=algo, steps=steps, max_completion_length=length, offline_samples=0, n_eval=0,
+    res = T.train(T.Config(algo=algo, steps=steps, max_completion_length=length, offline_samples=0, n_eval=0, sft_steps=0,
                            eval_every=0, save_every=0, output_dir=out_dir, sync_check_every=0,
                            overwrite=True))
     rows = res["history"][1:] or res["history"]

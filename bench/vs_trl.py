@@ -1,16 +1,20 @@
 """The default SPO run against the peer a user would pick instead: TRL's GRPOTrainer, side by side.
 
     pip install trl==1.16.0                  # optional bench dependency (pip install -e ".[bench]")
-    python bench/vs_trl.py                   # 3 seeds x (TRL GRPO, our GRPO, our SPO), ~75 min on 2 cores
+    python bench/vs_trl.py                   # 3 seeds x (TRL GRPO, our GRPO, our SPO), ~90 min on 2 cores
+    python bench/vs_trl.py --seeds 5 --arms "our SPO (default)" "our GRPO 4x4" "our SPO (no baseline)" \
+        "our SPO (no offline init)" "TRL GRPO 4x4" "SPO in TRL"       # the paper's arms and SPO inside TRL
     python bench/vs_trl.py --seeds 1 --steps 2 --n-eval 4    # smoke run
     python bench/vs_trl.py --eval-every 8    # ... and held-out every 8 steps: each arm's curve, not only its end
     python bench/vs_trl.py --eval-temperature 1 --eval-top-p 1 --out bench/results/vs_trl   # the T = 1 record
 
-Same task (the embedded pool and held-out set of each seed), model (SmolLM2-135M-Instruct, fp32), LoRA
-(r 16, alpha 32, the 7 projections), learning rate 2e-4 (constant), 16 responses per step with 2 optimizer
-updates, T = 1, the same new-token budget, the same chat prompt and the same reward function, --steps
-steps. TRL runs with its defaults otherwise (its own loss, epsilon 0.2, no KL), a constant learning rate
-and no gradient checkpointing (the faster and better of the two TRL settings measured). Every arm is
+Same task (the embedded pool and held-out set of each seed, after the same format warm-up), model
+(SmolLM2-135M-Instruct, fp32), LoRA (r 16, alpha 32, the 7 projections), train.py's learning rate (constant),
+16 responses per step with 2 optimizer updates, train.py's temperature, the same new-token budget, the same chat
+prompt and the same reward function, --steps steps. TRL runs with its defaults otherwise (its own loss, epsilon
+0.2, no KL), a constant learning rate and no gradient checkpointing (the faster and better of the two TRL
+settings measured). "SPO in TRL" is extensions/trl_spo.py's SPOTrainer with the same TRL settings, 16 prompts
+x 1 response, n0 and the tracker's settings from train.py's, Clip-Higher 0.28 (SPOConfig's default). Every arm is
 evaluated by one function, rewards.evaluate: held-out avg@k at --eval-temperature / --eval-top-p (default:
 train.py's, the paper's 0.6 / 0.95) and greedy accuracy. Each row records that protocol, and a report covers
 only the rows of the protocol asked for: bench/results/vs_trl_paper_eval (the default --out) holds the
@@ -38,7 +42,6 @@ GRPO's degenerate share and the variance of its live groups. Run it alone: two t
 ~10x.
 """
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -65,10 +68,12 @@ SETTING = ("embedded_levels", "sft_steps", "n_train", "offline_samples", "learni
            "max_completion_length", "batch_size", "num_minibatches")
 OLD_SETTING = dict(embedded_levels="1,1,1,2,4", sft_steps=0, n_train=32, offline_samples=4, learning_rate=2e-4,
                    temperature=1.0, max_completion_length=16, batch_size=16, num_minibatches=2)   # rows before the field
-ARMS = ["TRL GRPO 4x4", *OURS]
+TRL_SPO = "SPO in TRL"                       # extensions/trl_spo.py: the project's SPO inside TRL's GRPOTrainer
+TRL_ARMS = ["TRL GRPO 4x4", TRL_SPO]
+ARMS = [TRL_ARMS[0], *OURS, TRL_SPO]
 PEERS, SPO_DEFAULT = ARMS[:2], "our SPO (default)"
 DEFAULT_ARMS = [*PEERS, SPO_DEFAULT]         # the ablation arms run only when named with --arms
-ABLATIONS = [x for x in OURS if x not in DEFAULT_ARMS]
+ABLATIONS = [x for x in OURS if x not in DEFAULT_ARMS]   # and TRL_SPO: run only when named
 
 
 def protocol_of(row: dict) -> list:
@@ -131,7 +136,9 @@ def ours(arm: str, seed: int, a, out: str) -> dict:
             "wall": time.time() - t, "curve": res["evals"], **tracker_figures(res["history"])}
 
 
-def trl(seed: int, a, out: str) -> dict:
+def trl(seed: int, a, out: str, spo: bool = False) -> dict:
+    """TRL's GRPOTrainer, 4 prompts x 4 responses; spo: extensions/trl_spo.SPOTrainer in its place, 16 prompts x 1
+    (the project's tracker, sampler and advantages; TRL's generation, loss and optimizer)."""
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -173,22 +180,31 @@ def trl(seed: int, a, out: str) -> dict:
                 curve.append({"step": step, **T.evaluate(cfg, HFEngine(model, tok), held, fmt)})
                 torch.set_rng_state(rng)
                 eval_s.append(time.time() - t0)
-    args = GRPOConfig(
-        output_dir=os.path.join(out, f"TRL-s{seed}"), seed=seed, use_cpu=True, bf16=False, report_to="none",
-        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=False,
-        num_generations=4, per_device_train_batch_size=cfg.batch_size // cfg.num_minibatches,
+    same = dict(
+        output_dir=os.path.join(out, f"TRL{'-SPO' if spo else ''}-s{seed}"), seed=seed, use_cpu=True, bf16=False,
+        report_to="none", learning_rate=cfg.learning_rate, lr_scheduler_type="constant",
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=False,
+        per_device_train_batch_size=cfg.batch_size // cfg.num_minibatches,
         steps_per_generation=cfg.num_minibatches,                  # 16 responses, 2 optimizer updates each
         max_steps=a.steps * cfg.num_minibatches, max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, save_strategy="no", logging_steps=cfg.num_minibatches)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok,
-                          callbacks=[EvalEvery()])
+    if spo:
+        from extensions.trl_spo import SPOConfig, SPOTrainer
+        args = SPOConfig(**same, spo_offline_samples=cfg.offline_samples, spo_rho_min=cfg.rho_min,
+                         spo_rho_max=cfg.rho_max, spo_d_half=cfg.d_half, spo_sampling_epsilon=cfg.sampling_epsilon)
+        trainer = SPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok,
+                             callbacks=[EvalEvery()])
+    else:
+        args = GRPOConfig(**same, num_generations=4)
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok,
+                              callbacks=[EvalEvery()])
     t = time.time()
     trainer.train()
-    wall = time.time() - t - sum(eval_s)             # the training loop only, as for our arms
+    wall = time.time() - t - sum(eval_s) - getattr(trainer, "spo_offline_s", 0.0)   # the loop only, as for ours
     end = T.evaluate(cfg, HFEngine(trainer.model, tok), held, fmt)
+    logged = [h for h in trainer.state.log_history if "adv/raw_var" in h]      # SPO in TRL: what the tracker did
     return {"start": start, "end": end, "s_per_step": wall / a.steps, "wall": wall,
-            "curve": curve + [{"step": a.steps, **end}]}
+            "curve": curve + [{"step": a.steps, **end}], **(tracker_figures(logged) if logged else {})}
 
 
 def main():
@@ -220,7 +236,7 @@ def main():
     protocol = [a.eval_temperature, a.eval_top_p]
     runs_dir = "/tmp/spo-vs-trl"
     if a.arm:                                # one arm in a fresh process: no state leaks between arms
-        res = trl(a.seed, a, runs_dir) if a.arm.startswith("TRL") else ours(a.arm, a.seed, a, runs_dir)
+        res = trl(a.seed, a, runs_dir, spo=a.arm == TRL_SPO) if a.arm in TRL_ARMS else ours(a.arm, a.seed, a, runs_dir)
         emit(res)
         return
     base = T.Config(**overrides(a.set))
@@ -297,7 +313,8 @@ def report(rows: list, steps: int, n_eval: int, protocol: list) -> str:
                             f"{statistics.median(c['eval/greedy'] for c in e):.3f}" if e else "")
             out.append(f"| {arm} | " + " | ".join(cell) + " |")
     # each SPO arm against each peer, each ablation against the default: on one pool (one held-out set) only
-    pairs = [(x, y) for x in [SPO_DEFAULT, *ABLATIONS] for y in [*PEERS, SPO_DEFAULT] if x != y and pool(x) == pool(y)]
+    pairs = [(x, y) for x in [SPO_DEFAULT, *ABLATIONS, TRL_SPO] for y in [*PEERS, SPO_DEFAULT]
+             if x != y and pool(x) == pool(y)]
     for spo, other in pairs:
         for key in ("eval/avg@4", "eval/greedy"):
             d = [get[spo, s]["end"][key] - get[other, s]["end"][key] for s in seeds

@@ -5,5 +5,6 @@ overrides only the phases it changes; the core at the top level never imports th
 - `segment_po.py`, `segment.py`    Segment Policy Optimization: SPO-chain and SPO-tree (--algo segment);
                                    `segment.py` (torch only) can be copied alone
 - `tools.py`, `sandbox.py`, `sft.py`  tool-integrated rollouts (--tools python), the Python sandbox (stdlib only,
-                                   can be copied alone), the tool warm-up (`python -m extensions.sft`)
+                                   can be copied alone), the warm-ups (--sft-steps; `python -m extensions.sft`)
+- `trl_spo.py`                     SPO inside TRL's GRPOTrainer (SPOConfig, SPOTrainer): the integration
 """

@@ -98,7 +98,8 @@ def test_loop_trains_saves_and_resumes_on_cuda(tmp_path, nf4):
     from logprobs import SYNC_TOLERANCE
     run = str(tmp_path / "run")
     cfg = dict(batch_size=4, n_train=8, n_eval=4, offline_samples=2, max_completion_length=8, micro_batch_size=4,
-               eval_every=0, eval_k=1, engine="hf", load_in_4bit=nf4, old_logprobs="trainer" if nf4 else "engine")
+               eval_every=0, eval_k=1, engine="hf", sft_steps=0, load_in_4bit=nf4,
+               old_logprobs="trainer" if nf4 else "engine")
     h = T.train(T.Config(steps=2, save_every=1, output_dir=run, **cfg))["history"]
     assert [m["step"] for m in h] == [1, 2]
     assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in h)

@@ -1,5 +1,6 @@
-"""Optional extensions of the SPO / GRPO core. Each subclasses `trainer.Trainer` (or plugs into its engine) and
-overrides only the phases it changes; the core at the top level never imports them unless a flag asks.
+"""Optional extensions of the SPO / GRPO core, and SPO for another trainer. Each extension subclasses
+`trainer.Trainer` (or plugs into its engine) and overrides only the phases it changes; the core at the top level
+never imports them unless a flag asks. `trl_spo.py` is imported by a TRL user's script instead.
 
 - `continuous.py`, `collector.py`  continuous group-free collection on vLLM's request API (--collect continuous)
 - `segment_po.py`, `segment.py`    Segment Policy Optimization: SPO-chain and SPO-tree (--algo segment);

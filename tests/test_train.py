@@ -37,7 +37,7 @@ def test_bad_flags_fail_before_any_model_loads(tmp_path):
         (tmp_path / name).write_text(text)                # looks like an adapter folder, for --eval-only
     r = _cli("--no-such-flag", "1")
     assert r.returncode != 0 and "--no-such-flag" in r.stderr
-    for args, msg in [(["--batch-size", "200"], "--batch-size 200 needs 200 distinct prompts.*--n-train 32"),
+    for args, msg in [(["--batch-size", "200"], "--batch-size 200 needs 200 distinct prompts.*--n-train 128"),
                       (["--algo", "grpo", "--group-size", "3"], "--group-size 3 must be >= 2 and divide --batch-size 16"),
                       (["--algo", "ppo"], "--algo must be spo, grpo or segment"),
                       (["--num-minibatches", "3"], "--num-minibatches 3 must divide"),

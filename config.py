@@ -51,10 +51,9 @@ class Config:
     5 three addends, 6 two two-digit numbers, 7 their difference, 8 one-digit products, 9 a teen times a digit)
     the pool and the held-out set draw from, a level as often as it is listed"""
     sft_steps: Annotated[int | None, Range(0)] = None
-    """embedded: supervised warm-up steps before RL (extensions/sft.py): 32 one-digit sums outside the pool and
-    the held-out set, answered 'a + b = c', so the policy follows the answer format and RL works on correctness per
-    prompt; AdamW at 2e-4; a fresh run only (not with --init-adapter). None: 20 for --dataset embedded without
-    --init-adapter, else 0 (config.warmup_steps)"""
+    """embedded: supervised warm-up steps before RL (extensions/sft.py): 32 one-digit sums outside the pool and the
+    held-out set answered 'a + b = c', so RL works on correctness per prompt; AdamW at 2e-4; a fresh run only.
+    None: 20 for --dataset embedded without --init-adapter, else 0 (config.warmup_steps)"""
     system_prompt: str | None = "auto"
     """system message for the chat template; None: the template's default; 'auto': the embedded task's
     short one (data.EMBEDDED_SYSTEM_PROMPT, fewer tokens than SmolLM2's default) for the embedded datasets,
@@ -298,9 +297,8 @@ def apply_profile(cfg: Config, argv: list, say=None) -> Config:
 
 def warmup_steps(cfg: Config) -> int:
     """--sft-steps as run: the number given, or (None) 20 for the embedded task on a fresh adapter, else 0."""
-    if cfg.sft_steps is not None:
-        return cfg.sft_steps
-    return 20 if cfg.dataset == "embedded" and not (cfg.init_adapter or cfg.eval_only) else 0
+    fresh_embedded = cfg.dataset == "embedded" and not (cfg.init_adapter or cfg.eval_only)
+    return cfg.sft_steps if cfg.sft_steps is not None else (20 if fresh_embedded else 0)
 
 
 def learning_rate_at(cfg: Config, step: int) -> float:

@@ -32,7 +32,7 @@ class Config:
     model: Annotated[str, Model(EMBEDDED_MODEL)] = EMBEDDED_MODEL
     """hub id or local folder of the policy; default: the embedded SmolLM2-135M-Instruct (offline)"""
     dataset: Annotated[str, Dataset(EMBEDDED_DATASETS)] = "embedded"
-    """'embedded' (procedural arithmetic), 'embedded-tools' (products and sums for --tools python), a preset
+    """'embedded' (procedural arithmetic), 'embedded-tools' (large-number arithmetic for --tools python), a preset
     (dapo, gsm8k, math, aime24, aime25), a .jsonl/.json/.parquet/.csv file, or a hub id"""
     prompt_field: str | None = None
     """dataset column holding the problem (default: the preset's, else 'prompt')"""
@@ -42,18 +42,20 @@ class Config:
     """held-out set for other datasets (same field names; a file sharing a prompt with --dataset is an error);
     embedded: a disjoint generated set"""
     n_train: Annotated[int, Range(1)] = 128
-    """embedded: training pool size (prompts must recur for a per-prompt tracker, a few times each as in the
-    paper: 40 steps x 16 responses visit each of 128 prompts 5 times on average)"""
+    """embedded: training pool size (a prompt recurs a few times, as in the paper: 40 steps x 16 responses
+    visit each of 128 prompts 5 times on average)"""
     n_eval: Annotated[int, Range(0)] = 64
     """embedded: held-out problems; other datasets: cap on eval problems"""
     embedded_levels: Annotated[str, Counts(hi=9)] = "3,5,6,8,9"
     """embedded: the difficulty levels (data._make: 1 one-digit sums, 2 differences, 3 a carry, 4 word problems,
     5 three addends, 6 two two-digit numbers, 7 their difference, 8 one-digit products, 9 a teen times a digit)
     the pool and the held-out set draw from, a level as often as it is listed"""
+    tool_levels: Annotated[str, Counts(hi=9)] = "1,4,5,6,7,8,9"
+    """embedded-tools: the levels (data._make_tool: 1-3 expressions to print, 4-9 operations in words) the pool and
+    the held-out set draw from; the tool warm-up (extensions/sft.py) shows only level 1"""
     sft_steps: Annotated[int | None, Range(0)] = None
     """embedded: supervised warm-up steps before RL (extensions/sft.py): 32 one-digit sums outside the pool and the
-    held-out set answered 'a + b = c', so RL works on correctness per prompt; AdamW at 2e-4; a fresh run only.
-    None: 20 for --dataset embedded without --init-adapter, else 0 (config.warmup_steps)"""
+    held-out set answered 'a + b = c'; AdamW at 2e-4. None: 20 on a fresh adapter, else 0 (config.warmup_steps)"""
     system_prompt: str | None = "auto"
     """system message for the chat template; None: the template's default; 'auto': the embedded task's
     short one (data.EMBEDDED_SYSTEM_PROMPT, fewer tokens than SmolLM2's default) for the embedded datasets,
@@ -96,11 +98,10 @@ class Config:
     d_half: Annotated[float, Range(0, lo_open=True)] = 0.06
     """drift half-life D_half of the forgetting factor (official code's constant)"""
     drift_at: Annotated[str, OneOf("sampling", "update")] = "sampling"
-    """where the drift D (rho's input) is measured on a prompt's stored previous response: 'update' (the
-    official code: after this step's update, against its score after the update at the last visit; two
-    no-grad passes' worth of rows) or 'sampling' (the paper's words, "the last policy that acted on x":
-    the policy sampling now against the one that sampled then, i.e. pi_old now vs pi_old stored; one pass
-    over the stored responses only, and none over this step's, whose pi_old is already known; with
+    """where the drift D (rho's input) is measured on a prompt's stored previous response: 'update' (the official
+    code: after this step's update, against its score after the update at the last visit; two no-grad passes'
+    worth of rows) or 'sampling' (the paper's words, "the last policy that acted on x": pi_old now vs pi_old
+    stored; one pass over the stored responses only, none over this step's, whose pi_old is known; with
     --old-logprobs engine the stored scores are the engine's, so its gap to the trainer, sync/mean, adds to D)"""
     sampling_epsilon: Annotated[float, Range(0)] = 0.05
     """exploration floor of the prompt weights (Eq. 11)"""
@@ -168,13 +169,12 @@ class Config:
     eval_temperature: Annotated[float, Range(0)] = 0.6
     """sampling temperature of the held-out evaluation, the paper's (App. D: 0.6 with k = 32); 0 = greedy"""
     eval_top_p: Annotated[float, Range(0, 1, lo_open=True)] = 0.95
-    """nucleus (top-p) of the held-out sampling, the paper's; training always samples with T 1, top-p 1"""
+    """nucleus (top-p) of the held-out sampling, the paper's; training samples with top-p 1"""
     output_dir: Annotated[str, OutputDir()] = "runs/spo"
     """where metrics.jsonl, checkpoints, the adapter and the plot go"""
     report_to: Annotated[str, OneOf("none", "tensorboard", "wandb")] = "none"
-    """where the metrics also go (TRL's option): 'tensorboard' (event files in --output-dir/tensorboard) or
-    'wandb' (Weights & Biases; offline, into --output-dir/wandb, without an account or network). metrics.jsonl,
-    curves.png and the dashboard are always written"""
+    """where the metrics also go (TRL's option): 'tensorboard' (--output-dir/tensorboard) or 'wandb' (offline,
+    into --output-dir/wandb, no account or network); metrics.jsonl, curves.png and the dashboard always are"""
     save_every: Annotated[int, Range(0)] = 10
     """checkpoint every N steps (and at the end and on SIGINT/SIGTERM)"""
     resume: Annotated[str | None, RunDir()] = None

@@ -4,7 +4,7 @@ every row checked before anything else runs.
 - `embedded_tasks`       the default family: arithmetic and short word problems in graded levels,
                          deterministic by seed, split into a training pool and a disjoint held-out set.
 - `embedded_tool_tasks`  `--dataset embedded-tools`: numbers too large to multiply or add in the head,
-                         one line of Python away (`--tools python`).
+                         one line of Python away (`--tools python`), as expressions or in words.
 - `chat_prompt`          the chat template applied to a task (system prompt, Qwen3 `enable_thinking`).
 - `load_tasks`           a local JSONL / JSON / Parquet / CSV file or a hub dataset via `datasets`, with presets
                          for DAPO-Math-17k (the paper's data), GSM8K, MATH and the AIME evaluation sets. A
@@ -116,8 +116,10 @@ RETOOL_INSTRUCTION = (
 
 
 def _make_tool(level: int, rng: random.Random) -> Task:
-    """1 a three-digit times a three-digit number, 2 a four-digit times a two-digit number, 3 the sum of four
-    three- and four-digit numbers."""
+    """One problem of the tool task. Written as the expression to print: 1 a three-digit times a three-digit
+    number (the only kind the tool warm-up shows), 2 a four-digit times a two-digit number, 3 the sum of four
+    three- and four-digit numbers. In words, the expression the model's to write: 4 the sum of three numbers,
+    5 a square, 6 a remainder, 7 twice a number plus another, 8 a difference, 9 a product minus a number."""
     if level == 1:
         a, b = rng.randint(101, 999), rng.randint(101, 999)
         q, x = f"What is {a} * {b}?", a * b
@@ -127,14 +129,24 @@ def _make_tool(level: int, rng: random.Random) -> Task:
     elif level == 3:
         xs = [rng.randint(100, 9999) for _ in range(4)]
         q, x = f"What is {' + '.join(map(str, xs))}?", sum(xs)
+    elif 4 <= level <= 9:
+        a, b, c = rng.randint(101, 999), rng.randint(11, 99), rng.randint(101, 999)
+        big, small = rng.randint(5001, 9999), rng.randint(1001, 4999)
+        q, x = {4: (f"What is the sum of {big}, {small} and {c}?", big + small + c),
+                5: (f"What is {a} squared?", a * a),
+                6: (f"What is the remainder when {big} is divided by {b}?", big % b),
+                7: (f"What is twice {big} plus {c}?", 2 * big + c),
+                8: (f"What is the difference between {big} and {small}?", big - small),
+                9: (f"What is {a} times {b} minus {c}?", a * b - c)}[level]
     else:
-        raise ValueError(f"level must be 1..3, got {level}")
+        raise ValueError(f"level must be 1..9, got {level}")
     return Task(q + TOOL_INSTRUCTION, str(x), level)
 
 
-def embedded_tool_tasks(n_train: int = 32, n_eval: int = 32, seed: int = 0) -> tuple[list[Task], list[Task]]:
+def embedded_tool_tasks(n_train: int = 32, n_eval: int = 32, seed: int = 0,
+                        levels: tuple = (1, 4, 5, 6, 7, 8, 9)) -> tuple[list[Task], list[Task]]:
     """(train pool, held-out set) of the tool task: disjoint, exact answers, the same for the same seed."""
-    return embedded_tasks(n_train, n_eval, seed, levels=(1, 2, 3), make=_make_tool)
+    return embedded_tasks(n_train, n_eval, seed, levels=levels, make=_make_tool)
 
 
 
@@ -331,7 +343,7 @@ def read_tasks(cfg):
         except ValueError as e:          # too few distinct problems at these levels for the pool and held-out set
             raise DataError(f"--embedded-levels {cfg.embedded_levels}: {e}") from None
     if cfg.dataset == "embedded-tools":
-        return embedded_tool_tasks(cfg.n_train, cfg.n_eval, seed=cfg.seed)
+        return embedded_tool_tasks(cfg.n_train, cfg.n_eval, cfg.seed, tuple(map(int, cfg.tool_levels.split(","))))
     train = load_tasks(cfg.dataset, cfg.prompt_field, cfg.answer_field)
     if not cfg.eval_dataset:
         return train, []

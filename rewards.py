@@ -129,15 +129,19 @@ def evaluate(cfg, engine, held: list, fmt: dict) -> dict:
                           cfg.eval_temperature, seed=10_007, top_p=cfg.eval_top_p)
     greedy = engine.generate(prompts, cfg.max_completion_length, 0.0)
     avg = pas = maj = 0.0
+    by_level = {}                                     # level -> avg@k of each problem (the embedded tasks' levels)
     for j, t in enumerate(held):
         texts = [o.text for o in out[j * k:(j + 1) * k]]
         r = [rf(x, t.answer) for x in texts]
         avg += sum(r) / k
+        by_level.setdefault(t.level, []).append(sum(r) / k)
         pas += pass_at_k(k, int(sum(r)), k)
         maj += majority_correct([extract_answer(x) for x in texts], r)
     n = len(held)
+    levels = {f"eval/avg@{k}_level{lv}": sum(x) / len(x) for lv, x in sorted(by_level.items())} \
+        if len(by_level) > 1 else {}
     return {f"eval/avg@{k}": avg / n, f"eval/pass@{k}": pas / n, f"eval/maj@{k}": maj / n,
-            "eval/greedy": sum(rf(o.text, t.answer) for o, t in zip(greedy, held)) / n}
+            "eval/greedy": sum(rf(o.text, t.answer) for o, t in zip(greedy, held)) / n, **levels}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

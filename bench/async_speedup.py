@@ -4,9 +4,9 @@ tool calls whose latency has a long tail (the paper's agentic setting, §5.4).
     python bench/async_speedup.py --seeds 3            # 5 arms x 3 seeds
     python bench/async_speedup.py --seeds 1 --steps 4  # a quick look
 
-Workload: tool-integrated rollouts (`--tools python`, the embedded tool task after `sft.py`'s warm-up, which the
-bench runs if runs/tools-sft/adapter is missing; a pool of 64 prompts, so F = 2 leaves the sampler 32 to choose
-from). Every tool call goes through `--sandbox-url` to bench/latency_sandbox.py, a loopback server of this process
+Workload: tool-integrated rollouts (`--tools python`, the embedded tool task's levels 1-3, products and sums written
+as expressions, after `sft.py`'s warm-up, which the bench runs if runs/tools-sft/adapter is missing; a pool of 64
+prompts, so F = 2 leaves the sampler 32 to choose from). Every tool call goes through `--sandbox-url` to bench/latency_sandbox.py, a loopback server of this process
 speaking SandboxFusion's /run_code schema: it runs the code in the project's sandbox and answers after a latency
 drawn from the log-normal fitted to the paper's Fig. 4b rollout times, times --scale. The latency is on while the
 training loop runs; the offline init and the evaluations (not timed) call the same server without it.
@@ -56,9 +56,10 @@ def one(arm: str, seed: int, a) -> dict:
     kw = dict(ARMS[arm])
     if kw["algo"] == "spo" and arm != "SPO lock-step" and os.path.exists(shared):
         kw["offline_values"] = shared
-    cfg = T.Config(seed=seed, steps=a.steps, engine="vllm", dataset="embedded-tools", tools="python",
-                   init_adapter=WARMUP, n_train=64, n_eval=32, offline_samples=4, learning_rate=2e-4, temperature=1.0,
-                   max_completion_length=64, sandbox_url=a.url, sandbox_workers=64,   # docs/tools.md's rate and T
+    cfg = T.Config(seed=seed, steps=a.steps, engine="vllm", dataset="embedded-tools", tool_levels="1,2,3",
+                   tools="python", init_adapter=WARMUP, n_train=64, n_eval=32, offline_samples=4,
+                   learning_rate=2e-4, temperature=1.0,                               # docs/tools.md's rate and T
+                   max_completion_length=64, sandbox_url=a.url, sandbox_workers=64,
                    eval_every=0, save_every=0, sync_check_every=0, overwrite=True,
                    output_dir=f"{TMP}/{arm.replace(' ', '_').replace('=', '')}-s{seed}", **kw)
     res = T.train(cfg)

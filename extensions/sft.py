@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from config import warmup_steps
+from config import Config, warmup_steps
 from data import EMBEDDED_SYSTEM_PROMPT, chat_prompt, embedded_tasks, embedded_tool_tasks, system_message
 from extensions.sandbox import interpreter_block, run_code
 from extensions.tools import STOP
@@ -46,8 +46,10 @@ class Args:
     """only the embedded tool task: demonstrations are generated from its training pool"""
     n_train: int = 32
     """training pool size, as train.py's --n-train (the same seed gives the same pool)"""
+    tool_levels: str = Config.tool_levels
+    """the pool's levels, as train.py's --tool-levels: the demonstrations avoid its pool and held-out set"""
     demos: int = 16
-    """demonstrations: problems of the task outside train.py's training pool and held-out set"""
+    """demonstrations: level-1 problems (an expression to copy into print) outside that pool and held-out set"""
     steps: int = 20
     """optimizer steps of batch_size demonstrations"""
     batch_size: int = 8
@@ -64,13 +66,14 @@ class Args:
     """the adapter goes to OUTPUT_DIR/adapter"""
 
 
-def demo_tasks(n: int, n_train: int, seed: int) -> list:
-    """n problems of the tool task that are in neither the RL training pool nor the held-out set of train.py's
-    `--dataset embedded-tools --n-train n_train --seed seed` (up to 512 held-out problems): the warm-up teaches
-    the protocol, RL then meets problems the warm-up never showed."""
-    train, held = embedded_tool_tasks(n_train, 512, seed=seed)
+def demo_tasks(n: int, n_train: int, seed: int, levels: tuple = (1, 4, 5, 6, 7, 8, 9)) -> list:
+    """n level-1 problems of the tool task (a product written as an expression) that are in neither the RL
+    training pool nor the held-out set of train.py's `--dataset embedded-tools --n-train n_train --seed seed
+    --tool-levels levels` (up to 512 held-out problems): the warm-up teaches the protocol on the simplest kind;
+    the operations in words are RL's to learn."""
+    train, held = embedded_tool_tasks(n_train, 512, seed, levels)
     taken = {t.prompt for t in train + held}
-    fresh = [t for t in embedded_tool_tasks(4 * n, 0, seed=seed + 1_000_003)[0] if t.prompt not in taken]
+    fresh = [t for t in embedded_tool_tasks(4 * n, 0, seed + 1_000_003, (1,))[0] if t.prompt not in taken]
     return fresh[:n]
 
 
@@ -142,7 +145,7 @@ def main(a: Args) -> str:
         raise SystemExit("error: --dataset: the warm-up builds demonstrations for embedded-tools only")
     torch.manual_seed(a.seed)
     model, tok, _ = load_policy(a.model, LoraArgs(a.lora_r, a.lora_alpha))
-    tasks = demo_tasks(a.demos, a.n_train, a.seed)
+    tasks = demo_tasks(a.demos, a.n_train, a.seed, tuple(map(int, a.tool_levels.split(","))))
     rng = random.Random(a.seed)
     prompts = [tok(chat_prompt(tok, t.prompt, EMBEDDED_SYSTEM_PROMPT), add_special_tokens=False)["input_ids"]
                for t in tasks]                                 # as train.py formats them (--system-prompt auto)

@@ -32,7 +32,7 @@ def tool_policy(tmp_path_factory):
     from extensions.sft import demonstration, fit
     torch.manual_seed(0)
     model, tok, path = load_policy()
-    tasks = embedded_tool_tasks(8, 1, seed=0)[0][:2]
+    tasks = embedded_tool_tasks(8, 1, 0, levels=(1, 2, 3))[0][:2]      # expressions to copy
     texts = [chat_prompt(tok, t.prompt, EMBEDDED_SYSTEM_PROMPT) for t in tasks]
     demos = [demonstration(tok, t) for t in tasks]
     loss = fit(model, tok, [tok(x, add_special_tokens=False)["input_ids"] for x in texts], demos, steps=25,

@@ -2,6 +2,7 @@
 and a training step with tools (extensions/tools.py, rollout.py's engines, extensions/sandbox.py)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -79,8 +80,8 @@ def test_loss_and_sync_check_skip_tool_tokens(tool_policy):
 def test_a_training_step_with_tools(tool_policy, tmp_path):
     adapter = tool_policy[-1]
     run = str(tmp_path / "tools")
-    T.train(T.Config(dataset="embedded-tools", tools="python", init_adapter=adapter, n_train=4, n_eval=2,
-                     batch_size=4, steps=1, offline_samples=1, max_completion_length=96, eval_k=1, output_dir=run))
+    T.train(T.Config(dataset="embedded-tools", tool_levels="1,2,3", tools="python", init_adapter=adapter, n_train=4,
+                     n_eval=2, batch_size=4, steps=1, offline_samples=1, max_completion_length=96, eval_k=1, output_dir=run))
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
     step = next(r for r in rows if "reward" in r)
     assert step["tools/calls"] > 0 and step["tools/output_token_share"] > 0 and step["tools/errors"] == 0
@@ -101,9 +102,27 @@ def test_tool_flags_fail_before_anything_is_touched(tmp_path):
 
 
 def test_embedded_tool_tasks_are_exact_and_disjoint():
-    train, held = embedded_tool_tasks(32, 32, seed=3)
-    assert len(train) == len(held) == 32 and not {t.prompt for t in train} & {t.prompt for t in held}
+    train, held = embedded_tool_tasks(64, 64, seed=3, levels=tuple(range(1, 10)))
+    assert len(train) == len(held) == 64 and not {t.prompt for t in train} & {t.prompt for t in held}
+    solve = {4: lambda a, b, c: a + b + c, 5: lambda a: a * a, 6: lambda a, b: a % b, 7: lambda a, b: 2 * a + b,
+             8: lambda a, b: a - b, 9: lambda a, b, c: a * b - c}
     for t in train + held:
-        assert str(eval(t.prompt.split("What is ")[1].split("?")[0])) == t.answer   # noqa: S307
+        q = t.prompt.split("\nUse Python")[0]
+        if t.level <= 3:                                               # an expression: the code copies it
+            assert str(eval(q.split("What is ")[1].split("?")[0])) == t.answer   # noqa: S307 (our own problem)
+        else:                                                          # in words: the expression is the model's
+            assert not re.search(r"[*+%-]", q) and str(solve[t.level](*map(int, re.findall(r"\d+", q)))) == t.answer
         assert "<code>" in t.prompt and "\\boxed{N}" in t.prompt
-    assert embedded_tool_tasks(32, 32, seed=3) == (train, held)
+    assert {t.level for t in train + held} == set(range(1, 10))
+    assert embedded_tool_tasks(64, 64, seed=3, levels=tuple(range(1, 10))) == (train, held)
+    old = embedded_tool_tasks(16, 16, seed=3, levels=(1, 2, 3))                   # levels 1-3 draw as before
+    assert [t.prompt.split("?")[0] for t in old[0][:3]] == ["What is 707 * 658", "What is 479 * 719",
+                                                            "What is 2074 * 88"]
+
+
+def test_tool_warmup_shows_only_level_1_and_no_pool_problem():
+    from extensions.sft import demo_tasks
+    demos = demo_tasks(16, 128, seed=0)
+    train, held = embedded_tool_tasks(128, 64, 0, (1, 4, 5, 6, 7, 8, 9))
+    assert len(demos) == 16 and {t.level for t in demos} == {1}
+    assert not {t.prompt for t in demos} & {t.prompt for t in train + held}

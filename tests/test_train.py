@@ -279,6 +279,10 @@ def test_greedy_eval_is_the_temperature_zero_answer(policy):
     hot = T.evaluate(T.Config(eval_k=2, eval_temperature=1.0, eval_top_p=1.0, max_completion_length=12), engine,
                      held, fmt)
     assert hot["eval/greedy"] == cold["eval/greedy"] and hot["eval/avg@2"] != hot["eval/greedy"]
+    count = {lv: sum(t.level == lv for t in held) for lv in {t.level for t in held}}    # avg@k of each level too
+    assert len(count) > 1 and {k for k in hot if "_level" in k} == {f"eval/avg@2_level{lv}" for lv in count}
+    by_level = sum(hot[f"eval/avg@2_level{lv}"] * c for lv, c in count.items()) / len(held)
+    assert by_level == pytest.approx(hot["eval/avg@2"])
     # --eval-top-p reaches the sampler: at T = 1 a nucleus of one token (top-p -> 0 keeps the likeliest) is greedy
     nucleus = T.evaluate(T.Config(eval_k=2, eval_temperature=1.0, eval_top_p=1e-6, max_completion_length=12),
                          engine, held, fmt)

@@ -52,21 +52,25 @@ def warmup(seed: int) -> str:
 
 def one(arm: str, seed: int) -> dict:
     import train as T
-    from data import embedded_tool_tasks
-    from vs_trl import tracker_figures
     out = f"{TMP}/{arm.replace(' ', '_')}-s{seed}"
     cfg = T.Config(seed=seed, dataset="embedded-tools", init_adapter=warmup(seed), eval_every=0, save_every=0,
                    overwrite=True, output_dir=out, **SETTING, **ARMS[arm])
     t0 = time.time()
-    res = T.train(cfg)
-    hist = res["history"]
+    return summary(cfg, T.train(cfg), time.time() - t0)
+
+
+def summary(cfg, res: dict, wall_s: float) -> dict:
+    """An arm's record from train.train's result (`cfg` its Config)."""
+    from data import embedded_tool_tasks
+    from vs_trl import tracker_figures
+    out, seed, hist = cfg.output_dir, cfg.seed, res["history"]
     row = {"start": res["first_eval"], "end": res["final_eval"], "responses": len(hist) * cfg.batch_size,
-           "wall_s": time.time() - t0, "rl_s": sum(m["time/step"] for m in hist),
+           "wall_s": wall_s, "rl_s": sum(m["time/step"] for m in hist),
            "series": {k: [m.get(k, 0.0) for m in hist] for k in SERIES}, **tracker_figures(hist)}
     if os.path.exists(f"{out}/offline_values.json"):            # what the warm-up solves before RL, by level
         table = json.load(open(f"{out}/offline_values.json"))
         levels = tuple(map(int, cfg.tool_levels.split(",")))
-        level = {t.prompt: t.level for t in embedded_tool_tasks(cfg.n_train, 0, seed, levels)}
+        level = {t.prompt: t.level for t in embedded_tool_tasks(cfg.n_train, 0, seed, levels)[0]}
         by = {}
         for p, rs in table.items():
             by.setdefault(level[p], []).append(statistics.mean(rs))

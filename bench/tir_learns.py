@@ -4,6 +4,7 @@ tools and SPO without tools, the same steps and trained responses each, held-out
     python bench/tir_learns.py --seeds 3                        # 3 arms x 3 seeds
     python bench/tir_learns.py --seeds 1 --arms "SPO tools"     # one arm, seed 0
     python bench/tir_learns.py --report                         # the table from the records
+    python bench/tir_learns.py --set learning_rate=5e-5         # another setting: its own rows
 
 The task: `--dataset embedded-tools` at its default levels (data._make_tool): products written as an expression
 (level 1), and a product, a sum, a difference and a product-then-difference in words (levels 4-7), where the
@@ -41,6 +42,10 @@ SERIES = ("reward", "tools/calls", "tools/turns", "tools/errors", "tools/output_
 TMP = "/tmp/spo-tir"
 
 
+def setting_name() -> str:
+    return "-".join(f"{k}{v}" for k, v in SETTING.items() if k in ("learning_rate", "steps", "temperature"))
+
+
 def warmup(seed: int) -> str:
     """The seed's tool warm-up adapter (extensions/sft.py, demonstrations outside this setting's pool)."""
     out = f"{TMP}/sft-s{seed}"
@@ -52,7 +57,7 @@ def warmup(seed: int) -> str:
 
 def one(arm: str, seed: int) -> dict:
     import train as T
-    out = f"{TMP}/{arm.replace(' ', '_')}-s{seed}"
+    out = f"{TMP}/{arm.replace(' ', '_')}-s{seed}-{setting_name()}"
     cfg = T.Config(seed=seed, dataset="embedded-tools", init_adapter=warmup(seed), eval_every=0, save_every=0,
                    overwrite=True, output_dir=out, **SETTING, **ARMS[arm])
     t0 = time.time()
@@ -136,9 +141,16 @@ def main():
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "tir"))
     p.add_argument("--report", action="store_true", help="only re-print the report from the records")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a field of SETTING (its rows are then compared only with each other)")
     p.add_argument("--arm", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
+    from vs_trl import overrides
+    bad = [x for x in a.set if x.partition("=")[0] not in SETTING]
+    if bad:
+        sys.exit(f"error: --set {bad[0]!r}: the fields of SETTING are {', '.join(SETTING)}")
+    SETTING.update(overrides(a.set))
     if a.arm:
         emit(one(a.arm, a.seed))
         return
@@ -153,7 +165,8 @@ def main():
                 if (arm, seed) in done:                  # recorded by an earlier run: skipped
                     continue
                 rows.append({"arm": arm, "seed": seed, "setting": SETTING,
-                             **run_child(__file__, "--arm", arm, "--seed", seed)})
+                             **run_child(__file__, "--arm", arm, "--seed", seed,
+                                         *[x for kv in a.set for x in ("--set", kv)])})
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "series"}), flush=True)
                 with open(log, "a") as f:
                     f.write(json.dumps(rows[-1]) + "\n")

@@ -100,7 +100,9 @@ def report(rows: list, argv: list) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, e = r["start"], r["end"]
-        q = lambda k: f"{quarter(r['series'][k], False):.2f} → {quarter(r['series'][k], True):.2f}"   # noqa: E731
+        tools = ARMS[r["arm"]]["tools"] == "python"
+        q = lambda k: f"{quarter(r['series'][k], False):.2f} → {quarter(r['series'][k], True):.2f}" \
+            if tools or not k.startswith("tools/") else "—"                        # noqa: E731
         brier = f"{r['brier_2nd']:.3f} vs {r['nobase_var_2nd']:.3f}" if "brier_2nd" in r else "—"
         lines.append(f"| {r['arm']} | {r['seed']} | {s['eval/avg@4']:.3f} → {e['eval/avg@4']:.3f} | "
                      f"{s['eval/greedy']:.3f} → {e['eval/greedy']:.3f} | {q('reward')} | {q('tools/calls')} | "

@@ -139,3 +139,20 @@ def test_vs_trl_reports_what_the_baseline_did_and_keys_rows_by_setting():
     assert overrides(["learning_rate=5e-5", "sft_steps=20", "embedded_levels=3,5"]) == \
         {"learning_rate": 5e-5, "sft_steps": 20, "embedded_levels": "3,5"}
     assert setting_of({}) == OLD_SETTING and setting_of({"setting": {"n_train": 128}}) == {"n_train": 128}
+
+
+def test_tir_learns_gain_is_the_median_spo_gain_and_pairs_spo_with_grpo_by_seed():
+    import tir_learns as B
+    series = {k: [0.5, 0.5, 1.0, 1.0] for k in B.SERIES}
+    def row(arm, seed, start, end):
+        ev = lambda x: {"eval/avg@4": x, "eval/greedy": x / 2, "eval/avg@4_level1": x, "eval/avg@4_level4": 0.0}  # noqa: E731
+        return {"arm": arm, "seed": seed, "setting": B.SETTING, "start": ev(start), "end": ev(end), "rl_s": 60.0,
+                "series": series, "var_ratio": 1.0, "nobase_var_2nd": 0.1}
+    rows = [row("SPO tools", 0, 0.5, 0.9), row("SPO tools", 1, 0.4, 0.6), row("SPO tools", 2, 0.5, 0.6),
+            row("GRPO 4x4 tools", 0, 0.5, 0.7), row("GRPO 4x4 tools", 2, 0.5, 0.8), row("SPO no tools", 0, 0.0, 0.0)]
+    text = B.report(rows, [])
+    assert text.strip().splitlines()[-1].startswith("tir gain 0.200 ")              # median of 0.4, 0.2, 0.1
+    assert "greedy +0.100" in text.strip().splitlines()[-1]
+    # SPO minus GRPO at the end, only on the seeds both ran (0 and 2): +0.2 and -0.2
+    assert "avg@4 at the end, SPO tools minus GRPO 4x4 tools: +0.000 ± 0.200 (paired by seed: +0.200, -0.200)" in text
+    assert "| SPO no tools | 0 | 0.000 → 0.000 | 0.000 → 0.000 | 0.50 → 1.00 | — |" in text   # no tool columns

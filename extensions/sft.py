@@ -66,7 +66,7 @@ class Args:
     """the adapter goes to OUTPUT_DIR/adapter"""
 
 
-def demo_tasks(n: int, n_train: int, seed: int, levels: tuple = (1, 4, 5, 6, 7, 8, 9)) -> list:
+def demo_tasks(n: int, n_train: int, seed: int, levels: tuple) -> list:
     """n level-1 problems of the tool task (a product written as an expression) that are in neither the RL
     training pool nor the held-out set of train.py's `--dataset embedded-tools --n-train n_train --seed seed
     --tool-levels levels` (up to 512 held-out problems): the warm-up teaches the protocol on the simplest kind;

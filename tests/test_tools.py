@@ -122,7 +122,8 @@ def test_embedded_tool_tasks_are_exact_and_disjoint():
 
 def test_tool_warmup_shows_only_level_1_and_no_pool_problem():
     from extensions.sft import demo_tasks
-    demos = demo_tasks(16, 128, seed=0)
-    train, held = embedded_tool_tasks(128, 64, 0, (1, 4, 5, 6, 7, 8, 9))
+    levels = tuple(map(int, T.Config().tool_levels.split(",")))
+    demos = demo_tasks(16, 128, 0, levels)
+    train, held = embedded_tool_tasks(128, 64, 0, levels)
     assert len(demos) == 16 and {t.level for t in demos} == {1}
     assert not {t.prompt for t in demos} & {t.prompt for t in train + held}

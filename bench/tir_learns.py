@@ -14,12 +14,13 @@ are what RL has to learn. Every arm of a seed starts from that seed's adapter (t
 off); the same pool, held-out set, learning rate, temperature and steps x 16 trained responses.
 
 Each finished (arm, seed) appends its record to bench/results/tir/runs.jsonl and a rerun skips what is
-recorded. The report (tir.md beside it) ends with `tir gain <x>`: SPO with tools, held-out avg@4 at the end of
-RL minus at its start, median over seeds.
+recorded. The report (tir.md beside it; with --set, tir-<setting>.md) ends with `tir gain <x>`: SPO with tools,
+held-out avg@4 at the end of RL minus at its start, median over seeds.
 """
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -93,7 +94,7 @@ def report(rows: list, argv: list) -> str:
     seeds = sorted({r["seed"] for r in rows})
     get = {(r["arm"], r["seed"]): r for r in rows}
     setting = ", ".join(f"{k} {v}" for k, v in SETTING.items())
-    lines = [f"`python bench/tir_learns.py {' '.join(argv)}`: embedded-tools, {setting}; held-out avg@4 (T 0.6, "
+    lines = [f"`python bench/tir_learns.py {shlex.join(argv)}`: embedded-tools, {setting}; held-out avg@4 (T 0.6, "
              "top-p 0.95) and greedy\n",
              "| arm | seed | avg@4 start → end | greedy start → end | train reward (first → last quarter) "
              "| tool calls | turns | tool errors | tool-output share | Brier vs var(r), 2nd half | RL min |",
@@ -175,7 +176,7 @@ def main():
     rows.sort(key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
     text = report(rows, sys.argv[1:])
     print(text)
-    with open(os.path.join(a.out, "tir.md"), "w") as f:
+    with open(os.path.join(a.out, f"tir-{setting_name()}.md" if a.set else "tir.md"), "w") as f:
         f.write(text)
 
 

@@ -7,8 +7,8 @@ tools and SPO without tools, the same steps and trained responses each, held-out
     python bench/tir_learns.py --set learning_rate=5e-5         # another setting: its own rows
 
 The task: `--dataset embedded-tools` at its default levels (data._make_tool): products written as an expression
-(level 1), and a product, a sum, a difference and a product-then-difference in words (levels 4-7), where the
-model must choose the operation, write it, and state the number the tool printed. The warm-up (extensions/sft.py,
+(level 1), and operations said in words (levels 4-9: a sum of three, a square, a remainder, twice-plus, a
+difference, times-minus), where the model must write the expression and state the number the tool printed. The warm-up (extensions/sft.py,
 once per seed, ~1 min) shows 16 level-1 problems, none of the pool or the held-out set, so the problems in words
 are what RL has to learn. Every arm of a seed starts from that seed's adapter (the no-tools arm with the tool
 off); the same pool, held-out set, learning rate, temperature and steps x 16 trained responses.
@@ -67,16 +67,15 @@ def one(arm: str, seed: int) -> dict:
 
 def summary(cfg, res: dict, wall_s: float) -> dict:
     """An arm's record from train.train's result (`cfg` its Config)."""
-    from data import embedded_tool_tasks
+    from data import read_tasks
     from vs_trl import tracker_figures
-    out, seed, hist = cfg.output_dir, cfg.seed, res["history"]
+    out, hist = cfg.output_dir, res["history"]
     row = {"start": res["first_eval"], "end": res["final_eval"], "responses": len(hist) * cfg.batch_size,
            "wall_s": wall_s, "rl_s": sum(m["time/step"] for m in hist),
            "series": {k: [m.get(k, 0.0) for m in hist] for k in SERIES}, **tracker_figures(hist)}
     if os.path.exists(f"{out}/offline_values.json"):            # what the warm-up solves before RL, by level
         table = json.load(open(f"{out}/offline_values.json"))
-        levels = tuple(map(int, cfg.tool_levels.split(",")))
-        level = {t.prompt: t.level for t in embedded_tool_tasks(cfg.n_train, 0, seed, levels)[0]}
+        level = {t.prompt: t.level for t in read_tasks(cfg)[0]}                  # the run's own pool
         by = {}
         for p, rs in table.items():
             by.setdefault(level[p], []).append(statistics.mean(rs))

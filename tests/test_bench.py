@@ -156,3 +156,30 @@ def test_tir_learns_gain_is_the_median_spo_gain_and_pairs_spo_with_grpo_by_seed(
     # SPO minus GRPO at the end, only on the seeds both ran (0 and 2): +0.2 and -0.2
     assert "avg@4 at the end, SPO tools minus GRPO 4x4 tools: +0.000 ± 0.200 (paired by seed: +0.200, -0.200)" in text
     assert "| SPO no tools | 0 | 0.000 → 0.000 | 0.000 → 0.000 | 0.50 → 1.00 | — |" in text   # no tool columns
+
+
+def test_async_speedup_reports_the_median_rate_ratio_and_the_simulation_beside_it():
+    import async_speedup as B
+
+    def row(arm, seed, rate, wait=0.0):
+        ev = {"eval/avg@2": 0.5, "eval/greedy": 0.5}
+        r = {"arm": arm, "seed": seed, "scale": 0.08, "steps": 4, "start": ev, "end": dict(ev), "responses": 64,
+             "responses_per_s": rate, "s_per_batch": 16 / rate, "generate_s": 10.0, "train_s": 5.0,
+             "len_trained": 40.0, "reward_trained": 0.5, "len": 40.0, "reward": 0.5}
+        if "lock-step" in arm:
+            return {**r, "tool_wait_s": wait}
+        return {**r, "tool_s_trained": 5.0, "tool_s": 6.0, "waited_due_s": 1.0, "staleness": 0.9,
+                "staleness_max": 2, "dropped": 0, "launched": 80}
+    rows = []
+    for seed, (lock, free) in enumerate([(0.2, 0.5), (0.1, 0.3), (0.2, 0.3)]):   # ratios 2.5, 3.0, 1.5
+        rows += [row("GRPO lock-step", seed, lock, wait=50.0), row("SPO continuous F=2", seed, free),
+                 row("SPO lock-step", seed, lock, wait=50.0)]
+    rows[4]["end"] = {"eval/avg@2": 0.75, "eval/greedy": 0.5}          # seed 1, F = 2 ahead of lock-step by 0.25
+    text = B.report(rows, ["--seeds", "3"])
+    # median rate over seeds per arm: F = 2 0.3, lock-step 0.2 -> 1.50 (not the median of the per-seed ratios)
+    assert text.rstrip().splitlines()[-1].startswith("speedup 1.50 ")
+    assert "held-out avg@2 at the end, SPO continuous F=2 minus SPO lock-step, per seed: +0.000, +0.250, +0.000" in text
+    p = B.predicted(0.08, trials=2000)
+    assert p["lockstep_s"] > 2 * p["free_s"]                             # the long tail: the slowest of 16 waits
+    cpu = 16 / 0.2 - 50.0                                                # a lock-step batch's non-tool seconds
+    assert f"predicts {(cpu + B.predicted(0.08)['lockstep_s']) / (cpu + B.predicted(0.08)['free_s']):.2f}x" in text

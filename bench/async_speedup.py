@@ -5,7 +5,7 @@ tool calls whose latency has a long tail (the paper's agentic setting, §5.4).
     python bench/async_speedup.py --seeds 1 --steps 2  # a quick look
 
 Workload: tool-integrated rollouts (`--tools python`, the embedded tool task's levels 1-3, products and sums written
-as expressions, after `sft.py`'s warm-up, which the bench runs if runs/tools-sft/adapter is missing; a pool of 64
+as expressions, after `sft.py`'s warm-up, which the bench runs if runs/async-sft/adapter is missing; a pool of 64
 prompts, so F = 2 leaves the sampler 32 to choose from). Every tool call goes through `--sandbox-url` to bench/latency_sandbox.py, a loopback server of this process
 speaking SandboxFusion's /run_code schema: it runs the code in the project's sandbox and answers after a latency
 drawn from the log-normal fitted to the paper's Fig. 4b rollout times, times --scale. The latency is on while the
@@ -44,7 +44,7 @@ ARMS = {
     "GRPO first-groups F=2": dict(algo="grpo", group_size=4, collect="continuous", oversample=2.0),
 }
 HEADLINE = "SPO continuous F=2"
-WARMUP = os.path.join(ROOT, "runs", "tools-sft", "adapter")
+WARMUP = os.path.join(ROOT, "runs", "async-sft", "adapter")     # sft.py for this pool (its demos avoid it)
 TMP = "/tmp/spo-async"
 
 
@@ -169,7 +169,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--scale", type=float, default=0.03, help="tool latency = paper Fig. 4b seconds x scale")
+    p.add_argument("--scale", type=float, default=0.08, help="tool latency = paper Fig. 4b seconds x scale")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of the arms")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "async"))
     p.add_argument("--report", action="store_true", help="only re-print the report from the records")
@@ -188,7 +188,8 @@ def main():
     if not a.report:
         from latency_sandbox import LatencySandbox
         if not os.path.isdir(WARMUP):
-            subprocess.run([sys.executable, "-m", "extensions.sft"], cwd=ROOT, check=True)
+            subprocess.run([sys.executable, "-m", "extensions.sft", "--n-train", "64", "--tool-levels", "1,2,3",
+                            "--output-dir", os.path.dirname(WARMUP)], cwd=ROOT, check=True)
         done = {(r["arm"], r["seed"]) for r in rows}
         shutil.rmtree(TMP, ignore_errors=True)     # what the arms share (offline init, step-0 eval): this run's only
         with LatencySandbox(a.scale, on=False) as box:

@@ -32,6 +32,8 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
+
 from child import ROOT, emit, run_child
 
 sys.path.insert(0, ROOT)
@@ -79,6 +81,7 @@ def one(arm: str, seed: int, a) -> dict:
                    tools="python", init_adapter=WARMUP, n_train=64, n_eval=16, eval_k=2, offline_samples=2,
                    learning_rate=2e-4, temperature=1.0,                               # docs/tools.md's rate and T
                    max_completion_length=64, sandbox_url=a.url, sandbox_workers=64,
+                   tool_timeout=300.0,       # the client waits run_timeout + 30 s: the whole tail, not a cut at 40 s
                    eval_every=0, save_every=0, sync_check_every=0, overwrite=True,
                    output_dir=f"{TMP}/{arm.replace(' ', '_').replace('=', '')}-s{seed}", **kw)
     res = T.train(cfg)
@@ -121,7 +124,8 @@ def report(rows: list, argv: list) -> str:
         xs = [f(r) for r in rows if r["arm"] == arm]
         return statistics.median(xs) if xs else float("nan")
     lines = [f"`python bench/async_speedup.py {' '.join(argv)}`: embedded tool task after sft.py, vLLM on the CPU, "
-             f"tool latency log-normal (paper Fig. 4b fit) x {scale:g}, {steps} steps x 16 trained responses per arm\n",
+             f"tool latency {rows[0].get('latency', f'log-normal (paper Fig. 4b fit) x {scale:g}')}, "
+             f"{steps} steps x 16 trained responses per arm\n",
              "| arm | seed | trained responses/s | wall per batch (generate, update) | tool latency trained vs landed | "
              "waited for due | length trained vs landed | reward trained vs landed | staleness mean/max (dropped) | "
              f"held-out {avg[5:]} | greedy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -186,7 +190,8 @@ def main():
     rows = [r for r in rows if (r["scale"], r["steps"]) == (a.scale, a.steps) and r["seed"] < a.seeds
             and r["arm"] in a.arms.split(",")]
     if not a.report:
-        from latency_sandbox import LatencySandbox
+        from latency_sandbox import MU, SIGMA, LatencySandbox
+        dist = f"log-normal fit to the paper's Fig. 4b (median {np.exp(MU):.0f} s, sigma {SIGMA:.2f}) x {a.scale:g}"
         if not os.path.isdir(WARMUP):
             subprocess.run([sys.executable, "-m", "extensions.sft", "--n-train", "64", "--tool-levels", "1,2,3",
                             "--output-dir", os.path.dirname(WARMUP)], cwd=ROOT, check=True)
@@ -197,7 +202,7 @@ def main():
                 for arm in a.arms.split(","):
                     if (arm, seed) in done:                  # recorded by an earlier run: skipped
                         continue
-                    rows.append({"arm": arm, "seed": seed, "scale": a.scale, "steps": a.steps, **run_child(
+                    rows.append({"arm": arm, "seed": seed, "scale": a.scale, "steps": a.steps, "latency": dist, **run_child(
                         __file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--url", box.url)})
                     print(json.dumps(rows[-1]), flush=True)
                     with open(log, "a") as f:

@@ -119,7 +119,7 @@ def predicted(scale: float, trials: int = 20_000) -> dict:
 
 def report(rows: list, argv: list) -> str:
     scale, steps = rows[0]["scale"], rows[0]["steps"]
-    avg = next(k for k in rows[0]["end"] if k.startswith("eval/avg@"))       # eval/avg@k, k = the bench's eval_k
+    avg = next(k for k in rows[0]["end"] if k.startswith("eval/avg@") and "_level" not in k)   # eval/avg@k (eval_k)
     def med(arm, f):
         xs = [f(r) for r in rows if r["arm"] == arm]
         return statistics.median(xs) if xs else float("nan")

@@ -6,7 +6,8 @@ tool calls whose latency has a long tail (the paper's agentic setting, §5.4).
 
 Workload: tool-integrated rollouts (`--tools python`, the embedded tool task's levels 1-3, products and sums written
 as expressions, after `sft.py`'s warm-up, which the bench runs if runs/async-sft/adapter is missing; a pool of 64
-prompts, so F = 2 leaves the sampler 32 to choose from). Every tool call goes through `--sandbox-url` to bench/latency_sandbox.py, a loopback server of this process
+prompts, so F = 2 leaves the sampler 32 to choose from), 96 tokens a response: a level-3 response (the longest
+expression, its tool output and the answer) takes ~70, so no correct response is cut by the budget. Every tool call goes through `--sandbox-url` to bench/latency_sandbox.py, a loopback server of this process
 speaking SandboxFusion's /run_code schema: it runs the code in the project's sandbox and answers after a latency
 drawn from the log-normal fitted to the paper's Fig. 4b rollout times, times --scale. The latency is on while the
 training loop runs; the offline init and the evaluations (not timed) call the same server without it.
@@ -80,7 +81,7 @@ def one(arm: str, seed: int, a) -> dict:
     cfg = T.Config(seed=seed, steps=a.steps, engine="vllm", dataset="embedded-tools", tool_levels="1,2,3",
                    tools="python", init_adapter=WARMUP, n_train=64, n_eval=16, eval_k=2, offline_samples=2,
                    learning_rate=2e-4, temperature=1.0,                               # docs/tools.md's rate and T
-                   max_completion_length=64, sandbox_url=a.url, sandbox_workers=64,
+                   max_completion_length=a.tokens, sandbox_url=a.url, sandbox_workers=64,
                    tool_timeout=300.0,       # the client waits run_timeout + 30 s: the whole tail, not a cut at 40 s
                    eval_every=0, save_every=0, sync_check_every=0, overwrite=True,
                    output_dir=f"{TMP}/{arm.replace(' ', '_').replace('=', '')}-s{seed}", **kw)
@@ -93,7 +94,8 @@ def one(arm: str, seed: int, a) -> dict:
            "responses_per_s": n / wall, "s_per_batch": wall / len(hist), "generate_s": mean("time/generate"),
            "train_s": mean("time/train"), "tool_calls": mean("tools/calls"), "turns": mean("tools/turns"),
            "tool_errors": mean("tools/errors"), "tool_token_share": mean("tools/output_token_share"),
-           "len_trained": mean("response_length"), "reward_trained": mean("reward")}
+           "len_trained": mean("response_length"), "reward_trained": mean("reward"),
+           "truncated": mean("truncation_rate")}
     if cfg.collect == "continuous":
         last = hist[-1]
         row.update({k: last[f"collect/{k}_landed"] for k in ("len", "reward", "tool_s", "latency")},
@@ -125,10 +127,10 @@ def report(rows: list, argv: list) -> str:
         return statistics.median(xs) if xs else float("nan")
     lines = [f"`python bench/async_speedup.py {' '.join(argv)}`: embedded tool task after sft.py, vLLM on the CPU, "
              f"tool latency {rows[0].get('latency', f'log-normal (paper Fig. 4b fit) x {scale:g}')}, "
-             f"{steps} steps x 16 trained responses per arm\n",
+             f"{steps} steps x 16 trained responses per arm, {rows[0].get('tokens', 64)} tokens a response\n",
              "| arm | seed | trained responses/s | wall per batch (generate, update) | tool latency trained vs landed | "
-             "waited for due | length trained vs landed | reward trained vs landed | staleness mean/max (dropped) | "
-             f"held-out {avg[5:]} | greedy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "waited for due | length trained vs landed | reward trained vs landed | cut by the budget | staleness mean/max (dropped) | "
+             f"held-out {avg[5:]} | greedy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cont = "launched" in r
         lat = (f"{r['tool_s_trained']:.1f} vs {r['tool_s']:.1f} s" if cont else f"turn waits {r['tool_wait_s']:.1f} s")
@@ -138,6 +140,7 @@ def report(rows: list, argv: list) -> str:
             f"| {r['arm']} | {r['seed']} | {r['responses_per_s']:.3f} | {r['s_per_batch']:.1f} s ({r['generate_s']:.1f}, "
             f"{r['train_s']:.1f}) | {lat} | — |")
         lines[-1] += (f" {r['len_trained']:.1f} vs {r['len']:.1f} | {r['reward_trained']:.2f} vs {r['reward']:.2f} | "
+                      f"{r.get('truncated', float('nan')):.2f} | "
                       + (f"{r['staleness']:.2f}/{r['staleness_max']} ({r['dropped']})" if cont else "0 (0)")
                       + f" | {r['start'][avg]:.3f} → {r['end'][avg]:.3f} | "
                         f"{r['start']['eval/greedy']:.3f} → {r['end']['eval/greedy']:.3f} |")
@@ -174,6 +177,7 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--scale", type=float, default=0.08, help="tool latency = paper Fig. 4b seconds x scale")
+    p.add_argument("--tokens", type=int, default=96, help="--max-completion-length of every arm")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of the arms")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "async"))
     p.add_argument("--report", action="store_true", help="only re-print the report from the records")
@@ -185,9 +189,10 @@ def main():
         emit(one(a.arm, a.seed, a))
         return
     os.makedirs(a.out, exist_ok=True)
-    log = os.path.join(a.out, "latency_runs.jsonl")        # one line per (arm, seed, scale, steps), appended
+    log = os.path.join(a.out, "latency_runs.jsonl")        # one line per (arm, seed, scale, steps, tokens), appended
     rows = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
-    rows = [r for r in rows if (r["scale"], r["steps"]) == (a.scale, a.steps) and r["seed"] < a.seeds
+    rows = [r for r in rows if (r["scale"], r["steps"], r.get("tokens", 64)) == (a.scale, a.steps, a.tokens)
+            and r["seed"] < a.seeds
             and r["arm"] in a.arms.split(",")]
     if not a.report:
         from latency_sandbox import MU, SIGMA, LatencySandbox
@@ -202,8 +207,9 @@ def main():
                 for arm in a.arms.split(","):
                     if (arm, seed) in done:                  # recorded by an earlier run: skipped
                         continue
-                    rows.append({"arm": arm, "seed": seed, "scale": a.scale, "steps": a.steps, "latency": dist, **run_child(
-                        __file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--url", box.url)})
+                    rows.append({"arm": arm, "seed": seed, "scale": a.scale, "steps": a.steps, "tokens": a.tokens,
+                                 "latency": dist, **run_child(__file__, "--arm", arm, "--seed", seed, "--steps", a.steps,
+                                                              "--tokens", a.tokens, "--url", box.url)})
                     print(json.dumps(rows[-1]), flush=True)
                     with open(log, "a") as f:
                         f.write(json.dumps(rows[-1]) + "\n")

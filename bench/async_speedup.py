@@ -17,7 +17,8 @@ training loop runs; the offline init and the evaluations (not timed) call the sa
     GRPO lock-step             4 prompts x 4, waits for the slowest
     GRPO first-groups F=2      the first 4 groups whose 4 members all landed (the paper's Fig. 5 scheme)
 
-Same model, LoRA, learning rate, loss and --steps x 16 trained responses per arm, each run its own process;
+Same model, LoRA, learning rate (--lr 5e-5: at docs/tools.md's 2e-4 four steps of 16 on this warmed-up, nearly
+deterministic policy are unstable, lock-step or not), loss and --steps x 16 trained responses per arm, each run its own process;
 seeds fixed by --seeds before the run; the arms of a seed share one step-0 evaluation (held-out 16 x avg@2 and
 greedy) and the SPO arms one offline init (n0 = 2; both computed by the seed's first arm, untimed). Prints a
 table and, last, `speedup <x>`: trained responses per second of loop wall time (the sum of the steps' wall time:
@@ -80,7 +81,7 @@ def one(arm: str, seed: int, a) -> dict:
         kw["offline_values"] = shared
     cfg = T.Config(seed=seed, steps=a.steps, engine="vllm", dataset="embedded-tools", tool_levels="1,2,3",
                    tools="python", init_adapter=WARMUP, n_train=64, n_eval=16, eval_k=2, offline_samples=2,
-                   learning_rate=2e-4, temperature=1.0,                               # docs/tools.md's rate and T
+                   learning_rate=a.lr, temperature=1.0,
                    max_completion_length=a.tokens, sandbox_url=a.url, sandbox_workers=64,
                    tool_timeout=300.0,       # the client waits run_timeout + 30 s: the whole tail, not a cut at 40 s
                    eval_every=0, save_every=0, sync_check_every=0, overwrite=True,
@@ -98,7 +99,8 @@ def one(arm: str, seed: int, a) -> dict:
            "truncated": mean("truncation_rate")}
     if cfg.collect == "continuous":
         last = hist[-1]
-        row.update({k: last[f"collect/{k}_landed"] for k in ("len", "reward", "tool_s", "latency")},
+        row.update({k: last[f"collect/{k}_landed"] for k in ("len", "reward", "tool_s")},
+                   latency_landed=last["collect/latency_landed"],       # ("latency" names the distribution)
                    tool_s_trained=mean("collect/tool_s_trained"), latency_trained=mean("collect/latency_trained"),
                    waited_due_s=mean("collect/waited_due_s"), staleness=mean("collect/staleness_mean"),
                    staleness_max=max(m["collect/staleness_max"] for m in hist),
@@ -127,7 +129,8 @@ def report(rows: list, argv: list) -> str:
         return statistics.median(xs) if xs else float("nan")
     lines = [f"`python bench/async_speedup.py {' '.join(argv)}`: embedded tool task after sft.py, vLLM on the CPU, "
              f"tool latency {rows[0].get('latency', f'log-normal (paper Fig. 4b fit) x {scale:g}')}, "
-             f"{steps} steps x 16 trained responses per arm, {rows[0].get('tokens', 64)} tokens a response\n",
+             f"{steps} steps x 16 trained responses per arm, {rows[0].get('tokens', 64)} tokens a response, "
+             f"learning rate {rows[0].get('lr', 2e-4):g}\n",
              "| arm | seed | trained responses/s | wall per batch (generate, update) | tool latency trained vs landed | "
              "waited for due | length trained vs landed | reward trained vs landed | cut by the budget | staleness mean/max (dropped) | "
              f"held-out {avg[5:]} | greedy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -178,6 +181,7 @@ def main():
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--scale", type=float, default=0.08, help="tool latency = paper Fig. 4b seconds x scale")
     p.add_argument("--tokens", type=int, default=96, help="--max-completion-length of every arm")
+    p.add_argument("--lr", type=float, default=5e-5, help="--learning-rate of every arm")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of the arms")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "async"))
     p.add_argument("--report", action="store_true", help="only re-print the report from the records")
@@ -189,10 +193,10 @@ def main():
         emit(one(a.arm, a.seed, a))
         return
     os.makedirs(a.out, exist_ok=True)
-    log = os.path.join(a.out, "latency_runs.jsonl")        # one line per (arm, seed, scale, steps, tokens), appended
+    log = os.path.join(a.out, "latency_runs.jsonl")        # one line per (arm, seed, setting), appended
     rows = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
-    rows = [r for r in rows if (r["scale"], r["steps"], r.get("tokens", 64)) == (a.scale, a.steps, a.tokens)
-            and r["seed"] < a.seeds
+    setting = lambda r: (r["scale"], r["steps"], r.get("tokens", 64), r.get("lr", 2e-4))      # noqa: E731
+    rows = [r for r in rows if setting(r) == (a.scale, a.steps, a.tokens, a.lr) and r["seed"] < a.seeds
             and r["arm"] in a.arms.split(",")]
     if not a.report:
         from latency_sandbox import MU, SIGMA, LatencySandbox
@@ -208,8 +212,9 @@ def main():
                     if (arm, seed) in done:                  # recorded by an earlier run: skipped
                         continue
                     rows.append({"arm": arm, "seed": seed, "scale": a.scale, "steps": a.steps, "tokens": a.tokens,
-                                 "latency": dist, **run_child(__file__, "--arm", arm, "--seed", seed, "--steps", a.steps,
-                                                              "--tokens", a.tokens, "--url", box.url)})
+                                 "lr": a.lr, "latency": dist, **run_child(
+                                     __file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--tokens", a.tokens,
+                                     "--lr", a.lr, "--url", box.url)})
                     print(json.dumps(rows[-1]), flush=True)
                     with open(log, "a") as f:
                         f.write(json.dumps(rows[-1]) + "\n")

@@ -163,7 +163,7 @@ def test_async_speedup_reports_the_median_rate_ratio_and_the_simulation_beside_i
 
     def row(arm, seed, rate, wait=0.0):
         ev = {"eval/avg@2": 0.5, "eval/greedy": 0.5}
-        r = {"arm": arm, "seed": seed, "scale": 0.08, "steps": 4, "tokens": 96, "start": ev, "end": dict(ev), "responses": 64,
+        r = {"arm": arm, "seed": seed, "scale": 0.08, "steps": 4, "tokens": 96, "lr": 5e-5, "start": ev, "end": dict(ev), "responses": 64,
              "responses_per_s": rate, "s_per_batch": 16 / rate, "generate_s": 10.0, "train_s": 5.0,
              "len_trained": 40.0, "reward_trained": 0.5, "len": 40.0, "reward": 0.5, "truncated": 0.125}
         if "lock-step" in arm:
@@ -178,7 +178,7 @@ def test_async_speedup_reports_the_median_rate_ratio_and_the_simulation_beside_i
     text = B.report(rows, ["--seeds", "3"])
     # median rate over seeds per arm: F = 2 0.3, lock-step 0.2 -> 1.50 (not the median of the per-seed ratios)
     assert text.rstrip().splitlines()[-1].startswith("speedup 1.50 ")
-    assert "4 steps x 16 trained responses per arm, 96 tokens a response" in text
+    assert "4 steps x 16 trained responses per arm, 96 tokens a response, learning rate 5e-05" in text
     assert "| 40.0 vs 40.0 | 0.50 vs 0.50 | 0.12 | 0.90/2 (0) |" in text     # the share cut by the budget, per run
     assert "held-out avg@2 at the end, SPO continuous F=2 minus SPO lock-step, per seed: +0.000, +0.250, +0.000" in text
     p = B.predicted(0.08)                                                # the report's own draws (seeded)

@@ -1,7 +1,7 @@
 """No synchronisation barrier, measured: continuous group-free collection against lock-step, on real vLLM, with
 tool calls whose latency has a long tail (the paper's agentic setting, §5.4).
 
-    python bench/async_speedup.py --seeds 3            # 5 arms x 3 seeds, 5-12 min an arm (~35 min a seed)
+    python bench/async_speedup.py --seeds 3            # 5 arms x 3 seeds, 5-12 min an arm (25-35 min a seed)
     python bench/async_speedup.py --seeds 1 --steps 2  # a quick look
 
 Workload: tool-integrated rollouts (`--tools python`, the embedded tool task's levels 1-3, products and sums written

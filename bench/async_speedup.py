@@ -7,8 +7,9 @@ tool calls whose latency has a long tail (the paper's agentic setting, §5.4).
 Workload: tool-integrated rollouts (`--tools python`, the embedded tool task's levels 1-3, products and sums written
 as expressions, after `sft.py`'s warm-up, which the bench runs if runs/async-sft/adapter is missing; a pool of 64
 prompts, so F = 2 leaves the sampler 32 to choose from), 96 tokens a response: a level-3 response (the longest
-expression, its tool output and the answer) takes ~70, so no correct response is cut by the budget. Every tool call goes through `--sandbox-url` to bench/latency_sandbox.py, a loopback server of this process
-speaking SandboxFusion's /run_code schema: it runs the code in the project's sandbox and answers after a latency
+expression, its tool output and the answer) takes ~70, so no correct response is cut by the budget. Every tool
+call goes through `--sandbox-url` to bench/latency_sandbox.py, a loopback server of this process speaking
+SandboxFusion's /run_code schema: it runs the code in the project's sandbox and answers after a latency
 drawn from the log-normal fitted to the paper's Fig. 4b rollout times, times --scale. The latency is on while the
 training loop runs; the offline init and the evaluations (not timed) call the same server without it.
 
@@ -18,9 +19,9 @@ training loop runs; the offline init and the evaluations (not timed) call the sa
     GRPO first-groups F=2      the first 4 groups whose 4 members all landed (the paper's Fig. 5 scheme)
 
 Same model, LoRA, learning rate (--lr 5e-5: at docs/tools.md's 2e-4 four steps of 16 on this warmed-up, nearly
-deterministic policy are unstable, lock-step or not), loss and --steps x 16 trained responses per arm, each run its own process;
-seeds fixed by --seeds before the run; the arms of a seed share one step-0 evaluation (held-out 16 x avg@2 and
-greedy) and the SPO arms one offline init (n0 = 2; both computed by the seed's first arm, untimed). Prints a
+deterministic policy are unstable, lock-step or not), loss and --steps x 16 trained responses per arm, each run
+its own process; seeds fixed by --seeds before the run; the arms of a seed share one step-0 evaluation (held-out
+16 x avg@2 and greedy) and the SPO arms one offline init (n0 = 2; both computed by the seed's first arm, untimed). Prints a
 table and, last, `speedup <x>`: trained responses per second of loop wall time (the sum of the steps' wall time:
 collection, update, tracker, adapter swap), SPO continuous F = 2 over GRPO lock-step, median over seeds; beside it
 what agentic_sim's model predicts for the same latencies. Each finished (arm, seed) appends its record to

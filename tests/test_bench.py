@@ -163,7 +163,8 @@ def test_async_speedup_reports_the_median_rate_ratio_and_the_simulation_beside_i
 
     def row(arm, seed, rate, wait=0.0):
         ev = {"eval/avg@2": 0.5, "eval/greedy": 0.5}
-        r = {"arm": arm, "seed": seed, "scale": 0.08, "steps": 4, "tokens": 96, "lr": 5e-5, "start": ev, "end": dict(ev), "responses": 64,
+        r = {"arm": arm, "seed": seed, "scale": 0.08, "steps": 4, "tokens": 96, "lr": 5e-5, "start": ev, "end": dict(ev),
+             "responses": 64,
              "responses_per_s": rate, "s_per_batch": 16 / rate, "generate_s": 10.0, "train_s": 5.0,
              "len_trained": 40.0, "reward_trained": 0.5, "len": 40.0, "reward": 0.5, "truncated": 0.125}
         if "lock-step" in arm:

@@ -21,8 +21,9 @@ training loop runs; the offline init and the evaluations (not timed) call the sa
 Same model, LoRA, learning rate (--lr 5e-5: at docs/tools.md's 2e-4 four steps of 16 on this warmed-up, nearly
 deterministic policy are unstable, lock-step or not), loss and --steps x 16 trained responses per arm, each run
 its own process; seeds fixed by --seeds before the run; the arms of a seed share one step-0 evaluation (held-out
-16 x avg@2 and greedy) and the SPO arms one offline init (n0 = 2; both computed by the seed's first arm, untimed). Prints a
-table and, last, `speedup <x>`: trained responses per second of loop wall time (the sum of the steps' wall time:
+16 x avg@2 and greedy; a rerun takes it from the seed's records) and the SPO arms one offline init (n0 = 2; both
+computed by the seed's first arm, untimed; a rerun that resumes a seed after its SPO lock-step arm samples its
+own offline init). Prints a table and, last, `speedup <x>`: trained responses per second of loop wall time (the sum of the steps' wall time:
 collection, update, tracker, adapter swap), SPO continuous F = 2 over GRPO lock-step, median over seeds; beside it
 what agentic_sim's model predicts for the same latencies. Each finished (arm, seed) appends its record to
 bench/results/async/latency_runs.jsonl and a rerun skips what is recorded; the report goes to latency.md.
@@ -51,6 +52,12 @@ ARMS = {
 HEADLINE = "SPO continuous F=2"
 WARMUP = os.path.join(ROOT, "runs", "async-sft", "adapter")     # sft.py for this pool (its demos avoid it)
 TMP = "/tmp/spo-async"
+SETTING = ("scale", "steps", "tokens", "lr")            # a record's setting: rows of another setting are not mixed in
+BEFORE = {"tokens": 64, "lr": 2e-4}                     # the setting of records that predate a field
+
+
+def setting(r: dict) -> dict:
+    return {k: r.get(k, BEFORE.get(k)) for k in SETTING}
 
 
 def shared_first_eval(T, path: str) -> None:
@@ -130,8 +137,8 @@ def report(rows: list, argv: list) -> str:
         return statistics.median(xs) if xs else float("nan")
     lines = [f"`python bench/async_speedup.py {' '.join(argv)}`: embedded tool task after sft.py, vLLM on the CPU, "
              f"tool latency {rows[0].get('latency', f'log-normal (paper Fig. 4b fit) x {scale:g}')}, "
-             f"{steps} steps x 16 trained responses per arm, {rows[0].get('tokens', 64)} tokens a response, "
-             f"learning rate {rows[0].get('lr', 2e-4):g}\n",
+             f"{steps} steps x 16 trained responses per arm, {setting(rows[0])['tokens']} tokens a response, "
+             f"learning rate {setting(rows[0])['lr']:g}\n",
              "| arm | seed | trained responses/s | wall per batch (generate, update) | tool latency trained vs landed | "
              "waited for due | length trained vs landed | reward trained vs landed | cut by the budget | staleness mean/max (dropped) | "
              f"held-out {avg[5:]} | greedy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -196,9 +203,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     log = os.path.join(a.out, "latency_runs.jsonl")        # one line per (arm, seed, setting), appended
     rows = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
-    setting = lambda r: (r["scale"], r["steps"], r.get("tokens", 64), r.get("lr", 2e-4))      # noqa: E731
-    rows = [r for r in rows if setting(r) == (a.scale, a.steps, a.tokens, a.lr) and r["seed"] < a.seeds
-            and r["arm"] in a.arms.split(",")]
+    this = {k: getattr(a, k) for k in SETTING}
+    rows = [r for r in rows if setting(r) == this and r["seed"] < a.seeds and r["arm"] in a.arms.split(",")]
     if not a.report:
         from latency_sandbox import MU, SIGMA, LatencySandbox
         dist = f"log-normal fit to the paper's Fig. 4b (median {np.exp(MU):.0f} s, sigma {SIGMA:.2f}) x {a.scale:g}"
@@ -207,15 +213,18 @@ def main():
                             "--output-dir", os.path.dirname(WARMUP)], cwd=ROOT, check=True)
         done = {(r["arm"], r["seed"]) for r in rows}
         shutil.rmtree(TMP, ignore_errors=True)     # what the arms share (offline init, step-0 eval): this run's only
+        os.makedirs(TMP)
+        for r in rows:                             # ... but a seed resumed here keeps its recorded step-0 evaluation
+            with open(f"{TMP}/eval0-s{r['seed']}.json", "w") as f:
+                json.dump(r["start"], f)
         with LatencySandbox(a.scale, on=False) as box:
             for seed in range(a.seeds):
                 for arm in a.arms.split(","):
                     if (arm, seed) in done:                  # recorded by an earlier run: skipped
                         continue
-                    rows.append({"arm": arm, "seed": seed, "scale": a.scale, "steps": a.steps, "tokens": a.tokens,
-                                 "lr": a.lr, "latency": dist, **run_child(
-                                     __file__, "--arm", arm, "--seed", seed, "--steps", a.steps, "--tokens", a.tokens,
-                                     "--lr", a.lr, "--url", box.url)})
+                    args = [x for k, v in this.items() for x in (f"--{k}", v)]
+                    rows.append({"arm": arm, "seed": seed, **this, "latency": dist, **run_child(
+                        __file__, "--arm", arm, "--seed", seed, *args, "--url", box.url)})
                     print(json.dumps(rows[-1]), flush=True)
                     with open(log, "a") as f:
                         f.write(json.dumps(rows[-1]) + "\n")

@@ -23,10 +23,11 @@ deterministic policy are unstable, lock-step or not), loss and --steps x 16 trai
 its own process; seeds fixed by --seeds before the run; the arms of a seed share one step-0 evaluation (held-out
 16 x avg@2 and greedy; a rerun takes it from the seed's records) and the SPO arms one offline init (n0 = 2; both
 computed by the seed's first arm, untimed; a rerun that resumes a seed after its SPO lock-step arm samples its
-own offline init). Prints a table and, last, `speedup <x>`: trained responses per second of loop wall time (the sum of the steps' wall time:
-collection, update, tracker, adapter swap), SPO continuous F = 2 over GRPO lock-step, median over seeds; beside it
-what agentic_sim's model predicts for the same latencies. Each finished (arm, seed) appends its record to
-bench/results/async/latency_runs.jsonl and a rerun skips what is recorded; the report goes to latency.md.
+own offline init). Prints a table and, last, `speedup <x>`: trained responses per second of loop wall time (the
+sum of the steps' wall time: collection, update, tracker, adapter swap), SPO continuous F = 2 over GRPO lock-step,
+median over seeds; beside it what agentic_sim's model predicts for the same latencies. Each finished (arm, seed)
+appends its record to bench/results/async/latency_runs.jsonl and a rerun skips what is recorded; the report goes
+to latency.md.
 """
 import argparse
 import json
@@ -214,9 +215,9 @@ def main():
         done = {(r["arm"], r["seed"]) for r in rows}
         shutil.rmtree(TMP, ignore_errors=True)     # what the arms share (offline init, step-0 eval): this run's only
         os.makedirs(TMP)
-        for r in rows:                             # ... but a seed resumed here keeps its recorded step-0 evaluation
-            with open(f"{TMP}/eval0-s{r['seed']}.json", "w") as f:
-                json.dump(r["start"], f)
+        for seed, start in {r["seed"]: r["start"] for r in rows}.items():   # ... but a resumed seed keeps its
+            with open(f"{TMP}/eval0-s{seed}.json", "w") as f:                 # recorded step-0 evaluation
+                json.dump(start, f)
         with LatencySandbox(a.scale, on=False) as box:
             for seed in range(a.seeds):
                 for arm in a.arms.split(","):

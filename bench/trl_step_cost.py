@@ -63,7 +63,10 @@ def child(arm: str, seed: int, steps: int) -> None:
     def with_timer(self, *x, callbacks=None, **k):
         init(self, *x, callbacks=[*(callbacks or []), Batches()], **k)
     GRPOTrainer.__init__ = with_timer
-    a = argparse.Namespace(steps=steps, n_eval=4, eval_every=0, eval_temperature=0.6, eval_top_p=0.95, set=[])
+    import train as T
+    c = T.Config()                                         # vs_trl's evaluation protocol, on 4 problems (untimed)
+    a = argparse.Namespace(steps=steps, n_eval=4, eval_every=0, eval_temperature=c.eval_temperature,
+                           eval_top_p=c.eval_top_p, set=[])
     vs_trl.trl(seed, a, "/tmp/spo-trl-step-cost", spo=arm == vs_trl.TRL_SPO)
     emit({k: statistics.median(b[k] for b in batches[1:]) for k in PHASES})
 

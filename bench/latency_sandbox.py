@@ -35,12 +35,16 @@ def latencies(scale: float, seed: int, n: int) -> np.ndarray:
     return scale * np.random.default_rng(seed).lognormal(MU, SIGMA, n)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024      # listen backlog: the default 5 resets connections when a batch's calls arrive at once
+
+
 class LatencySandbox:
     def __init__(self, scale: float, seed: int = 0, on: bool = True):
         self.scale, self.on, self.calls = scale, on, 0
         self.lock, self.rng = threading.Lock(), np.random.default_rng(seed)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/run_code"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

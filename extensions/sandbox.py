@@ -56,6 +56,7 @@ POLL_S = 0.2                    # how often the parent measures the folder where
 TMPFS = True                    # give each call its own tmpfs where the OS allows it (False: the parent's measure)
 KEEP_BYTES = 64 * 1024          # of the output, this much of the head and of the tail is kept
 KILL_AFTER_BYTES = 8 * 2**20    # more output than this: the process is stopped, the head and tail returned
+REMOTE_TRIES = 4                # run_code_remote: attempts when the server resets or refuses the connection
 
 # ============================================================== the protocol (verl recipe/spo agent_loop/)
 
@@ -321,11 +322,18 @@ def run_code_remote(code: str, url: str, timeout: float = DEFAULT_TIMEOUT, memor
     body = json.dumps({"code": code, "language": "python", "run_timeout": timeout,
                        "memory_limit_MB": memory_mb}).encode()
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout + 30) as r:
-            res = json.loads(r.read())
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        return f"SandboxError: the sandbox server did not answer ({e})"
+    for attempt in range(REMOTE_TRIES):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout + 30) as r:
+                res = json.loads(r.read())
+            break
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            # a reset or refused connection is the server's trouble, not the code's: the call is stateless, so it
+            # is sent again (a server's accept queue overflows under a burst of calls) before it counts as an error
+            transient = isinstance(getattr(e, "reason", e), (ConnectionResetError, ConnectionRefusedError))
+            if not transient or attempt == REMOTE_TRIES - 1:
+                return f"SandboxError: the sandbox server did not answer ({e})"
+            time.sleep(0.1 * 2 ** attempt)
     run = res.get("run_result") or {}
     text = (run.get("stdout") or "") + (run.get("stderr") or "")
     status = run.get("status")

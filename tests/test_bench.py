@@ -123,6 +123,32 @@ def test_latency_sandbox_answers_like_sandboxfusion_after_its_seeded_long_tailed
         assert lat.max() / np.median(lat) > 2                                  # a long tail: the slowest sets the wall
 
 
+def test_latency_sandbox_answers_a_burst_of_simultaneous_calls():
+    """A lock-step batch's tool calls arrive at once; each must be answered (a reset connection would be scored
+    as the policy's wrong answer). Raw HTTP, no client retry: the server alone must take the burst."""
+    import json
+    import threading
+    import urllib.request
+    from latency_sandbox import LatencySandbox
+    n, outs = 64, [None] * 64
+    start = threading.Barrier(n)
+
+    def call(i):
+        req = urllib.request.Request(box.url, data=json.dumps({"code": f"print({i})"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        start.wait()
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                outs[i] = json.loads(r.read())["run_result"]["stdout"]
+        except OSError as e:
+            outs[i] = repr(e)
+    with LatencySandbox(scale=0.01, on=False) as box:
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert outs == [f"{i}\n" for i in range(n)]
+
+
 def test_vs_trl_reports_what_the_baseline_did_and_keys_rows_by_setting():
     from vs_trl import OLD_SETTING, overrides, report, setting_of
 

@@ -2,6 +2,8 @@
 calling process (the trainer) survives with its files, and no process is left behind."""
 import json
 import os
+import socket
+import struct
 import sys
 import threading
 import time
@@ -200,3 +202,31 @@ def test_sandbox_fusion_client_and_unreachable_server():
         server.shutdown()
     with pytest.raises(S.SandboxUnavailable, match="--sandbox-url"):
         S.check_server(url)                                        # nobody listens there any more
+
+
+class _Resetting(HTTPServer):
+    """A SandboxFusion stand-in that resets its first `resets` connections (RST, as an overflowing accept queue
+    does) before answering."""
+    resets = 0
+
+    def process_request(self, request, client_address):
+        if self.resets > 0:
+            self.resets -= 1
+            request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close -> RST
+            request.close()
+            return
+        super().process_request(request, client_address)
+
+
+def test_sandbox_fusion_client_sends_a_call_again_after_a_reset_connection():
+    server = _Resetting(("127.0.0.1", 0), _FakeFusion)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/run_code"
+    try:
+        server.resets = 2                                          # two resets in a row: the third attempt answers
+        assert S.run_code_remote("print(6 * 7)", url) == "42\n" and server.resets == 0
+        server.resets = S.REMOTE_TRIES                             # every attempt reset: an error, not a hang
+        out = S.run_code_remote("print(6 * 7)", url)
+        assert out.startswith("SandboxError: the sandbox server did not answer") and server.resets == 0
+    finally:
+        server.shutdown()

@@ -53,8 +53,8 @@ ARMS = {
 HEADLINE = "SPO continuous F=2"
 WARMUP = os.path.join(ROOT, "runs", "async-sft", "adapter")     # sft.py for this pool (its demos avoid it)
 TMP = "/tmp/spo-async"
-SETTING = ("scale", "steps", "tokens", "lr")            # a record's setting: rows of another setting are not mixed in
-BEFORE = {"tokens": 64, "lr": 2e-4}                     # the setting of records that predate a field
+SETTING = ("scale", "steps", "tokens", "lr", "backlog")  # a record's setting: rows of another setting are not mixed in
+BEFORE = {"tokens": 64, "lr": 2e-4, "backlog": 5}       # the setting of records that predate a field
 
 
 def setting(r: dict) -> dict:
@@ -191,6 +191,8 @@ def main():
     p.add_argument("--scale", type=float, default=0.08, help="tool latency = paper Fig. 4b seconds x scale")
     p.add_argument("--tokens", type=int, default=96, help="--max-completion-length of every arm")
     p.add_argument("--lr", type=float, default=5e-5, help="--learning-rate of every arm")
+    p.add_argument("--backlog", type=int, default=1024, help="the tool server's listen backlog (at 5, a burst of "
+                   "calls had connections reset, scored as wrong answers)")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of the arms")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "async"))
     p.add_argument("--report", action="store_true", help="only re-print the report from the records")
@@ -218,7 +220,7 @@ def main():
         for seed, start in {r["seed"]: r["start"] for r in rows}.items():   # ... but a resumed seed keeps its
             with open(f"{TMP}/eval0-s{seed}.json", "w") as f:                 # recorded step-0 evaluation
                 json.dump(start, f)
-        with LatencySandbox(a.scale, on=False) as box:
+        with LatencySandbox(a.scale, on=False, backlog=a.backlog) as box:
             for seed in range(a.seeds):
                 for arm in a.arms.split(","):
                     if (arm, seed) in done:                  # recorded by an earlier run: skipped

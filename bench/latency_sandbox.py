@@ -35,16 +35,13 @@ def latencies(scale: float, seed: int, n: int) -> np.ndarray:
     return scale * np.random.default_rng(seed).lognormal(MU, SIGMA, n)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024      # listen backlog: the default 5 resets connections when a batch's calls arrive at once
-
-
 class LatencySandbox:
-    def __init__(self, scale: float, seed: int = 0, on: bool = True):
+    def __init__(self, scale: float, seed: int = 0, on: bool = True, backlog: int = 1024):
         self.scale, self.on, self.calls = scale, on, 0
         self.lock, self.rng = threading.Lock(), np.random.default_rng(seed)
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+        # listen backlog: socketserver's default 5 resets connections when a batch's calls arrive at once
+        server = type("Server", (ThreadingHTTPServer,), {"request_queue_size": backlog, "daemon_threads": True})
+        self.server = server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/run_code"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

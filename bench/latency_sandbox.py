@@ -35,13 +35,19 @@ def latencies(scale: float, seed: int, n: int) -> np.ndarray:
     return scale * np.random.default_rng(seed).lognormal(MU, SIGMA, n)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, handler, backlog: int):
+        self.request_queue_size = backlog     # read by listen(): socketserver's default 5 resets connections
+        super().__init__(address, handler)    # when a batch's calls arrive at once
+
+
 class LatencySandbox:
     def __init__(self, scale: float, seed: int = 0, on: bool = True, backlog: int = 1024):
         self.scale, self.on, self.calls = scale, on, 0
         self.lock, self.rng = threading.Lock(), np.random.default_rng(seed)
-        # listen backlog: socketserver's default 5 resets connections when a batch's calls arrive at once
-        server = type("Server", (ThreadingHTTPServer,), {"request_queue_size": backlog, "daemon_threads": True})
-        self.server = server(("127.0.0.1", 0), self._handler())
+        self.server = _Server(("127.0.0.1", 0), self._handler(), backlog)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/run_code"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -24,10 +24,11 @@ its own process; seeds fixed by --seeds before the run; the arms of a seed share
 16 x avg@2 and greedy; a rerun takes it from the seed's records) and the SPO arms one offline init (n0 = 2; both
 computed by the seed's first arm, untimed; a rerun that resumes a seed after its SPO lock-step arm samples its
 own offline init). Prints a table and, last, `speedup <x>`: trained responses per second of loop wall time (the
-sum of the steps' wall time: collection, update, tracker, adapter swap), SPO continuous F = 2 over GRPO lock-step,
-median over seeds; beside it what agentic_sim's model predicts for the same latencies. Each finished (arm, seed)
-appends its record to bench/results/async/latency_runs.jsonl and a rerun skips what is recorded; the report goes
-to latency.md.
+sum of the steps' wall time: collection, update, tracker, adapter swap), SPO continuous F = 2 over GRPO lock-step
+of the same seed, median over seeds; beside it what agentic_sim's model predicts for the same latencies. Each
+finished (arm, seed) appends its record to bench/results/async/latency_runs.jsonl, naming the machine (boot id) it
+was timed on, and a rerun skips what is recorded; a seed's arms are timed on one machine, so a rerun on another
+machine times an incomplete seed's arms again. The report goes to latency.md.
 """
 import argparse
 import json
@@ -55,10 +56,28 @@ WARMUP = os.path.join(ROOT, "runs", "async-sft", "adapter")     # sft.py for thi
 TMP = "/tmp/spo-async"
 SETTING = ("scale", "steps", "tokens", "lr", "backlog")  # a record's setting: rows of another setting are not mixed in
 BEFORE = {"tokens": 64, "lr": 2e-4, "backlog": 5}       # the setting of records that predate a field
+MACHINE = open("/proc/sys/kernel/random/boot_id").read()[:8]  # the machine (boot) a record's seconds were timed on
 
 
 def setting(r: dict) -> dict:
     return {k: r.get(k, BEFORE.get(k)) for k in SETTING}
+
+
+def machine(r: dict) -> str:
+    return r.get("machine", "earlier")      # records that predate the field: all timed on one earlier machine
+
+
+def one_machine(rows: list, arms: list, here: str | None) -> tuple[list, list]:
+    """Seconds are compared within a seed, so a seed's arms must be timed on one machine (the same code ran 2x
+    slower on another). Per seed keep the records of the machine that timed it last; when this run (machine
+    `here`) is to go on with a seed left incomplete by another machine, it times all of the seed's arms again.
+    Returns (kept, set aside); the set-aside records stay in the log and the report counts them."""
+    last = {r["seed"]: machine(r) for r in rows}                   # rows in the log's order
+    for seed in last:
+        mine = {r["arm"] for r in rows if r["seed"] == seed and machine(r) == last[seed]}
+        if here and last[seed] != here and not set(arms) <= mine:
+            last[seed] = here
+    return ([r for r in rows if machine(r) == last[r["seed"]]], [r for r in rows if machine(r) != last[r["seed"]]])
 
 
 def shared_first_eval(T, path: str) -> None:
@@ -130,7 +149,7 @@ def predicted(scale: float, trials: int = 20_000) -> dict:
     return {"lockstep_s": float(lock), "free_s": float(free), "speedup": float(lock / free)}
 
 
-def report(rows: list, argv: list) -> str:
+def report(rows: list, argv: list, aside: int = 0) -> str:
     scale, steps = rows[0]["scale"], rows[0]["steps"]
     avg = next(k for k in rows[0]["end"] if k.startswith("eval/avg@") and "_level" not in k)   # eval/avg@k (eval_k)
     def med(arm, f):
@@ -156,11 +175,16 @@ def report(rows: list, argv: list) -> str:
                       + (f"{r['staleness']:.2f}/{r['staleness_max']} ({r['dropped']})" if cont else "0 (0)")
                       + f" | {r['start'][avg]:.3f} → {r['end'][avg]:.3f} | "
                         f"{r['start']['eval/greedy']:.3f} → {r['end']['eval/greedy']:.3f} |")
-    rate = {arm: med(arm, lambda r: r["responses_per_s"]) for arm in ARMS}
-    base = rate["GRPO lock-step"]
-    lines += ["", "Median over seeds, trained responses/s over GRPO lock-step: " +
-              ", ".join(f"{arm} {rate[arm] / base:.2f}x" for arm in ARMS if arm != "GRPO lock-step")]
     seeds = sorted({r["seed"] for r in rows})
+    rps = {(r["arm"], r["seed"]): r["responses_per_s"] for r in rows}
+    ratio = {arm: statistics.median([rps[arm, s] / rps["GRPO lock-step", s] for s in seeds
+                                     if (arm, s) in rps and ("GRPO lock-step", s) in rps] or [float("nan")])
+             for arm in ARMS}            # paired by seed: each seed's arms were timed on one machine
+    lines += ["", "Median over seeds of each seed's trained responses/s over its GRPO lock-step: " +
+              ", ".join(f"{arm} {ratio[arm]:.2f}x" for arm in ARMS if arm != "GRPO lock-step")]
+    if aside:
+        lines.append(f"{aside} records of this setting timed on another machine than the rest of their seed are "
+                     "in latency_runs.jsonl, not in this table")
     gain = lambda arm: [next(r for r in rows if r["arm"] == arm and r["seed"] == s)["end"][avg]  # noqa: E731
                         for s in seeds]
     try:
@@ -179,8 +203,8 @@ def report(rows: list, argv: list) -> str:
               f"{(lock_cpu + p['lockstep_s']) / (lock_cpu + p['free_s']):.2f}x. Measured: GRPO lock-step waits "
               f"{lock_wait:.1f} s a batch on tools; {HEADLINE} takes {free_s:.1f} s a batch, {free_wait:.1f} s of it "
               f"waiting for due trajectories.",
-              "", f"speedup {rate[HEADLINE] / base:.2f}  ({HEADLINE} over GRPO lock-step, trained responses per second "
-                  f"of loop wall time, median over {len(seeds)} seeds)"]
+              "", f"speedup {ratio[HEADLINE]:.2f}  ({HEADLINE} over GRPO lock-step, trained responses per second "
+                  f"of loop wall time, paired by seed, median over {len(seeds)} seeds)"]
     return "\n".join(lines) + "\n"
 
 
@@ -208,6 +232,7 @@ def main():
     rows = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
     this = {k: getattr(a, k) for k in SETTING}
     rows = [r for r in rows if setting(r) == this and r["seed"] < a.seeds and r["arm"] in a.arms.split(",")]
+    rows, aside = one_machine(rows, a.arms.split(","), None if a.report else MACHINE)
     if not a.report:
         from latency_sandbox import MU, SIGMA, LatencySandbox
         dist = f"log-normal fit to the paper's Fig. 4b (median {np.exp(MU):.0f} s, sigma {SIGMA:.2f}) x {a.scale:g}"
@@ -226,13 +251,13 @@ def main():
                     if (arm, seed) in done:                  # recorded by an earlier run: skipped
                         continue
                     args = [x for k, v in this.items() for x in (f"--{k}", v)]
-                    rows.append({"arm": arm, "seed": seed, **this, "latency": dist, **run_child(
+                    rows.append({"arm": arm, "seed": seed, **this, "latency": dist, "machine": MACHINE, **run_child(
                         __file__, "--arm", arm, "--seed", seed, *args, "--url", box.url)})
                     print(json.dumps(rows[-1]), flush=True)
                     with open(log, "a") as f:
                         f.write(json.dumps(rows[-1]) + "\n")
     rows.sort(key=lambda r: (r["seed"], list(ARMS).index(r["arm"])))
-    text = report(rows, sys.argv[1:])
+    text = report(rows, sys.argv[1:], len(aside))
     print(text)
     with open(os.path.join(a.out, "latency.md"), "w") as f:
         f.write(text)

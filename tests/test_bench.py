@@ -184,7 +184,7 @@ def test_tir_learns_gain_is_the_median_spo_gain_and_pairs_spo_with_grpo_by_seed(
     assert "| SPO no tools | 0 | 0.000 → 0.000 | 0.000 → 0.000 | 0.50 → 1.00 | — |" in text   # no tool columns
 
 
-def test_async_speedup_reports_the_median_rate_ratio_and_the_simulation_beside_it():
+def test_async_speedup_reports_the_median_paired_rate_ratio_and_the_simulation_beside_it():
     import async_speedup as B
 
     def row(arm, seed, rate, wait=0.0):
@@ -203,8 +203,9 @@ def test_async_speedup_reports_the_median_rate_ratio_and_the_simulation_beside_i
                  row("SPO lock-step", seed, lock, wait=50.0)]
     rows[4]["end"] = {"eval/avg@2": 0.75, "eval/greedy": 0.5}          # seed 1, F = 2 ahead of lock-step by 0.25
     text = B.report(rows, ["--seeds", "3"])
-    # median rate over seeds per arm: F = 2 0.3, lock-step 0.2 -> 1.50 (not the median of the per-seed ratios)
-    assert text.rstrip().splitlines()[-1].startswith("speedup 1.50 ")
+    # paired by seed: the median of the per-seed ratios 2.5, 3.0, 1.5 (the ratio of the median rates would be 1.50)
+    assert text.rstrip().splitlines()[-1].startswith("speedup 2.50 ")
+    assert "SPO lock-step 1.00x" in text and "not in this table" not in text
     assert "4 steps x 16 trained responses per arm, 96 tokens a response, learning rate 5e-05" in text
     assert "| 40.0 vs 40.0 | 0.50 vs 0.50 | 0.12 | 0.90/2 (0) |" in text     # the share cut by the budget, per run
     assert "held-out avg@2 at the end, SPO continuous F=2 minus SPO lock-step, per seed: +0.000, +0.250, +0.000" in text
@@ -212,3 +213,20 @@ def test_async_speedup_reports_the_median_rate_ratio_and_the_simulation_beside_i
     assert p["lockstep_s"] > 2 * p["free_s"]                             # the long tail: the slowest of 16 waits
     cpu = 16 / 0.2 - 50.0                                                # a lock-step batch's non-tool seconds
     assert f"predicts {(cpu + p['lockstep_s']) / (cpu + p['free_s']):.2f}x" in text
+
+
+def test_async_speedup_times_a_seeds_arms_on_one_machine():
+    from async_speedup import one_machine
+    arms = ["SPO lock-step", "GRPO lock-step"]
+    r = lambda arm, seed, m=None: {"arm": arm, "seed": seed, **({"machine": m} if m else {})}   # noqa: E731
+    log = [r("SPO lock-step", 0), r("GRPO lock-step", 0),            # seed 0: complete on an earlier machine
+           r("SPO lock-step", 1),                                    # seed 1: begun there ...
+           r("GRPO lock-step", 1, "b")]                              # ... continued on machine b
+    kept, aside = one_machine(log, arms, "b")                        # running on b: seed 1's SPO arm again
+    assert kept == [log[0], log[1], log[3]] and aside == [log[2]]
+    kept, aside = one_machine(log, arms, "c")                        # on c: all of seed 1 again, seed 0 kept
+    assert kept == log[:2] and aside == log[2:]
+    log.append(r("SPO lock-step", 1, "b"))                           # b completes seed 1
+    kept, aside = one_machine(log, arms, None)                       # the report: seed 1 as timed on b
+    assert kept == [log[0], log[1], log[3], log[4]] and aside == [log[2]]
+    assert one_machine(log, arms, "c") == (kept, aside)              # complete seeds are not run again

@@ -212,7 +212,9 @@ def test_async_speedup_reports_the_median_paired_rate_ratio_and_the_simulation_b
     p = B.predicted(0.08)                                                # the report's own draws (seeded)
     assert p["lockstep_s"] > 2 * p["free_s"]                             # the long tail: the slowest of 16 waits
     cpu = 16 / 0.2 - 50.0                                                # a lock-step batch's non-tool seconds
-    assert f"predicts {(cpu + p['lockstep_s']) / (cpu + p['free_s']):.2f}x" in text
+    assert f"seed 0: 30.0 s, predicts {(cpu + p['lockstep_s']) / (cpu + p['free_s']):.2f}x, measured 2.50x" in text
+    cpu1 = 16 / 0.1 - 50.0                                               # seed 1's own (slower) compute
+    assert f"seed 1: 110.0 s, predicts {(cpu1 + p['lockstep_s']) / (cpu1 + p['free_s']):.2f}x, measured 3.00x" in text
 
 
 def test_async_speedup_times_a_seeds_arms_on_one_machine():

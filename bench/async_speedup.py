@@ -56,7 +56,6 @@ WARMUP = os.path.join(ROOT, "runs", "async-sft", "adapter")     # sft.py for thi
 TMP = "/tmp/spo-async"
 SETTING = ("scale", "steps", "tokens", "lr", "backlog")  # a record's setting: rows of another setting are not mixed in
 BEFORE = {"tokens": 64, "lr": 2e-4, "backlog": 5}       # the setting of records that predate a field
-MACHINE = open("/proc/sys/kernel/random/boot_id").read()[:8]  # the machine (boot) a record's seconds were timed on
 
 
 def setting(r: dict) -> dict:
@@ -65,6 +64,10 @@ def setting(r: dict) -> dict:
 
 def machine(r: dict) -> str:
     return r.get("machine", "earlier")      # records that predate the field: all timed on one earlier machine
+
+
+def this_machine() -> str:
+    return open("/proc/sys/kernel/random/boot_id").read()[:8]     # the machine (boot) this run's seconds are timed on
 
 
 def one_machine(rows: list, arms: list, here: str | None) -> tuple[list, list]:
@@ -176,10 +179,11 @@ def report(rows: list, argv: list, aside: int = 0) -> str:
                       + f" | {r['start'][avg]:.3f} → {r['end'][avg]:.3f} | "
                         f"{r['start']['eval/greedy']:.3f} → {r['end']['eval/greedy']:.3f} |")
     seeds = sorted({r["seed"] for r in rows})
-    rps = {(r["arm"], r["seed"]): r["responses_per_s"] for r in rows}
-    ratio = {arm: statistics.median([rps[arm, s] / rps["GRPO lock-step", s] for s in seeds
-                                     if (arm, s) in rps and ("GRPO lock-step", s) in rps] or [float("nan")])
-             for arm in ARMS}            # paired by seed: each seed's arms were timed on one machine
+    by = {(r["arm"], r["seed"]): r for r in rows}
+    paired = {arm: {s: by[arm, s]["responses_per_s"] / by["GRPO lock-step", s]["responses_per_s"] for s in seeds
+                    if (arm, s) in by and ("GRPO lock-step", s) in by}
+              for arm in ARMS}           # paired by seed: each seed's arms were timed on one machine
+    ratio = {arm: statistics.median(paired[arm].values() or [float("nan")]) for arm in ARMS}
     lines += ["", "Median over seeds of each seed's trained responses/s over its GRPO lock-step: " +
               ", ".join(f"{arm} {ratio[arm]:.2f}x" for arm in ARMS if arm != "GRPO lock-step")]
     if aside:
@@ -195,12 +199,11 @@ def report(rows: list, argv: list, aside: int = 0) -> str:
         pass
     p = predicted(scale)
     per_seed = []
-    for s in seeds:       # each seed's own compute: the seeds' machines differ, so does the share that is tool waiting
-        lock = next((r for r in rows if r["arm"] == "GRPO lock-step" and r["seed"] == s), None)
-        if lock and (HEADLINE, s) in rps:
-            cpu = lock["s_per_batch"] - lock["tool_wait_s"]
-            per_seed.append(f"seed {s}: {cpu:.1f} s, predicts {(cpu + p['lockstep_s']) / (cpu + p['free_s']):.2f}x, "
-                            f"measured {rps[HEADLINE, s] / rps['GRPO lock-step', s]:.2f}x")
+    for s, measured in paired[HEADLINE].items():   # each seed's own compute: the seeds' machines differ, so does
+        lock = by["GRPO lock-step", s]              # the share of a batch that is tool waiting
+        cpu = lock["s_per_batch"] - lock["tool_wait_s"]
+        per_seed.append(f"seed {s}: {cpu:.1f} s, predicts {(cpu + p['lockstep_s']) / (cpu + p['free_s']):.2f}x, "
+                        f"measured {measured:.2f}x")
     lock_wait = med("GRPO lock-step", lambda r: r["tool_wait_s"])
     free_s, free_wait = med(HEADLINE, lambda r: r["s_per_batch"]), med(HEADLINE, lambda r: r["waited_due_s"])
     lines += [f"simulation (agentic_sim, latency alone, one call a response): a batch of 16 in {p['lockstep_s']:.1f} s "
@@ -237,7 +240,8 @@ def main():
     rows = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
     this = {k: getattr(a, k) for k in SETTING}
     rows = [r for r in rows if setting(r) == this and r["seed"] < a.seeds and r["arm"] in a.arms.split(",")]
-    rows, aside = one_machine(rows, a.arms.split(","), None if a.report else MACHINE)
+    here = None if a.report else this_machine()
+    rows, aside = one_machine(rows, a.arms.split(","), here)
     if not a.report:
         from latency_sandbox import MU, SIGMA, LatencySandbox
         dist = f"log-normal fit to the paper's Fig. 4b (median {np.exp(MU):.0f} s, sigma {SIGMA:.2f}) x {a.scale:g}"
@@ -256,7 +260,7 @@ def main():
                     if (arm, seed) in done:                  # recorded by an earlier run: skipped
                         continue
                     args = [x for k, v in this.items() for x in (f"--{k}", v)]
-                    rows.append({"arm": arm, "seed": seed, **this, "latency": dist, "machine": MACHINE, **run_child(
+                    rows.append({"arm": arm, "seed": seed, **this, "latency": dist, "machine": here, **run_child(
                         __file__, "--arm", arm, "--seed", seed, *args, "--url", box.url)})
                     print(json.dumps(rows[-1]), flush=True)
                     with open(log, "a") as f:

@@ -7,7 +7,9 @@ sandbox (sandbox.run_code_remote):
         answers {"status": "Success", "run_result": {"status": "Finished", "stdout": <its output>}} once the
         call's latency has passed: a draw from the log-normal fitted to the paper's Fig. 4b rollout times
         (bench/agentic_sim.py: median 170 s, sigma 0.83), times `scale`. The handler thread sleeps: a slow
-        tool is wall time that costs the trainer's machine no CPU.
+        tool is wall time that costs the trainer's machine no CPU. The code itself runs at most
+        `code_timeout` seconds whatever `run_timeout` says: the client raises run_timeout to wait out the
+        latency's tail, and code that loops must not spend those seconds of CPU.
     POST /latency {"on": bool, "seed": int}  turns the latency on or off and restarts the draws from `seed`
         (the bench turns it on for the training loop only: the offline init and the evaluations are not timed).
 
@@ -44,8 +46,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class LatencySandbox:
-    def __init__(self, scale: float, seed: int = 0, on: bool = True, backlog: int = 1024):
-        self.scale, self.on, self.calls = scale, on, 0
+    def __init__(self, scale: float, seed: int = 0, on: bool = True, backlog: int = 1024, code_timeout: float = 10.0):
+        self.scale, self.on, self.calls, self.code_timeout = scale, on, 0, code_timeout
         self.lock, self.rng = threading.Lock(), np.random.default_rng(seed)
         self.server = _Server(("127.0.0.1", 0), self._handler(), backlog)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/run_code"
@@ -81,7 +83,8 @@ class LatencySandbox:
                 if self.path != "/run_code":
                     return self._send(404, {"status": "Failed", "message": f"no route {self.path}"})
                 t0, wait = time.time(), box.draw()
-                out = run_code(str(req.get("code", "")), timeout=float(req.get("run_timeout", 10)))
+                timeout = min(float(req.get("run_timeout", 10)), box.code_timeout)   # the latency is the server's
+                out = run_code(str(req.get("code", "")), timeout=timeout)
                 time.sleep(max(0.0, wait - (time.time() - t0)))     # the call's latency, the run included
                 self._send(200, {"status": "Success", "run_result": {"status": "Finished", "stdout": out, "stderr": ""}})
 

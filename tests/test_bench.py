@@ -123,6 +123,18 @@ def test_latency_sandbox_answers_like_sandboxfusion_after_its_seeded_long_tailed
         assert lat.max() / np.median(lat) > 2                                  # a long tail: the slowest sets the wall
 
 
+def test_latency_sandbox_runs_the_code_no_longer_than_its_own_cap_whatever_the_client_waits():
+    """The bench's client sets run_timeout high to wait out the latency's tail; code that loops must still be
+    stopped at the server's code_timeout, not burn the trainer's CPU for run_timeout seconds."""
+    import time
+    from latency_sandbox import LatencySandbox
+    from extensions.sandbox import run_code_remote
+    with LatencySandbox(scale=0.0, on=False, code_timeout=1.0) as box:
+        t0 = time.time()
+        out = run_code_remote("while True:\n    pass", box.url, timeout=300.0)
+        assert "TimeoutError" in out and time.time() - t0 < 5
+
+
 def test_latency_sandbox_answers_a_burst_of_simultaneous_calls():
     """A lock-step batch's tool calls arrive at once; each must be answered (a reset connection would be scored
     as the policy's wrong answer). Raw HTTP, no client retry: the server alone must take the burst."""
@@ -215,6 +227,14 @@ def test_async_speedup_reports_the_median_paired_rate_ratio_and_the_simulation_b
     assert f"seed 0: 30.0 s, predicts {(cpu + p['lockstep_s']) / (cpu + p['free_s']):.2f}x, measured 2.50x" in text
     cpu1 = 16 / 0.1 - 50.0                                               # seed 1's own (slower) compute
     assert f"seed 1: 110.0 s, predicts {(cpu1 + p['lockstep_s']) / (cpu1 + p['free_s']):.2f}x, measured 3.00x" in text
+
+
+def test_async_speedup_writes_another_settings_report_beside_the_defaults():
+    from async_speedup import DEFAULTS, SETTING, report_name
+    this = {k: DEFAULTS[k] for k in SETTING}
+    assert report_name(this) == "latency.md"
+    assert report_name({**this, "scale": 0.16}) == "latency-scale0.16.md"
+    assert report_name({**this, "scale": 0.16, "steps": 8}) == "latency-scale0.16-steps8.md"
 
 
 def test_async_speedup_times_a_seeds_arms_on_one_machine():

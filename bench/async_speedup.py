@@ -28,7 +28,8 @@ sum of the steps' wall time: collection, update, tracker, adapter swap), SPO con
 of the same seed, median over seeds; beside it what agentic_sim's model predicts for the same latencies. Each
 finished (arm, seed) appends its record to bench/results/async/latency_runs.jsonl, naming the machine (boot id) it
 was timed on, and a rerun skips what is recorded; a seed's arms are timed on one machine, so a rerun on another
-machine times an incomplete seed's arms again. The report goes to latency.md.
+machine times an incomplete seed's arms again. The report goes to latency.md (another setting's, e.g. --scale 0.16, to
+latency-scale0.16.md beside it).
 """
 import argparse
 import json

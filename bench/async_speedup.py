@@ -198,14 +198,10 @@ def report(rows: list, argv: list, aside: int = 0) -> str:
     if aside:
         lines.append(f"{aside} records of this setting timed on another machine than the rest of their seed are "
                      "in latency_runs.jsonl, not in this table")
-    gain = lambda arm: [next(r for r in rows if r["arm"] == arm and r["seed"] == s)["end"][avg]  # noqa: E731
-                        for s in seeds]
-    try:
-        d = [x - y for x, y in zip(gain(HEADLINE), gain("SPO lock-step"))]
+    if all((arm, s) in by for arm in (HEADLINE, "SPO lock-step") for s in seeds):
+        d = [by[HEADLINE, s]["end"][avg] - by["SPO lock-step", s]["end"][avg] for s in seeds]
         lines.append(f"held-out {avg[5:]} at the end, {HEADLINE} minus SPO lock-step, per seed: "
                      + ", ".join(f"{x:+.3f}" for x in d))
-    except StopIteration:
-        pass
     p = predicted(scale)
     per_seed = []
     for s, measured in paired[HEADLINE].items():   # each seed's own compute: the seeds' machines differ, so does

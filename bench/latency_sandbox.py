@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agentic_sim import FIG4B_DRAWS  # noqa: E402
-from extensions.sandbox import run_code  # noqa: E402
+from extensions.sandbox import DEFAULT_TIMEOUT, run_code  # noqa: E402
 
 MU, SIGMA = float(np.log(FIG4B_DRAWS).mean()), float(np.log(FIG4B_DRAWS).std(ddof=1))
 
@@ -46,7 +46,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class LatencySandbox:
-    def __init__(self, scale: float, seed: int = 0, on: bool = True, backlog: int = 1024, code_timeout: float = 10.0):
+    def __init__(self, scale: float, seed: int = 0, on: bool = True, backlog: int = 1024,
+                 code_timeout: float = DEFAULT_TIMEOUT):
         self.scale, self.on, self.calls, self.code_timeout = scale, on, 0, code_timeout
         self.lock, self.rng = threading.Lock(), np.random.default_rng(seed)
         self.server = _Server(("127.0.0.1", 0), self._handler(), backlog)
@@ -83,7 +84,7 @@ class LatencySandbox:
                 if self.path != "/run_code":
                     return self._send(404, {"status": "Failed", "message": f"no route {self.path}"})
                 t0, wait = time.time(), box.draw()
-                timeout = min(float(req.get("run_timeout", 10)), box.code_timeout)   # the latency is the server's
+                timeout = min(float(req.get("run_timeout", DEFAULT_TIMEOUT)), box.code_timeout)   # the latency is the server's
                 out = run_code(str(req.get("code", "")), timeout=timeout)
                 time.sleep(max(0.0, wait - (time.time() - t0)))     # the call's latency, the run included
                 self._send(200, {"status": "Success", "run_result": {"status": "Finished", "stdout": out, "stderr": ""}})
